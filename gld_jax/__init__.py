@@ -1,0 +1,1 @@
+"""gld-jax: Google Landmark Recognition training in JAX/Flax."""
