@@ -1,0 +1,375 @@
+"""tf.data input pipelines over the TFRecords of tfrecords_tools.build_gldv2.
+
+    train_dataset: infinite, shuffled, augmented batches {"image" uint8 [B,S,S,3],
+        "label" int32 [B]} of this process's slice of the data.
+    eval_dataset: one pass, no augmentation, padded to whole batches with "mask";
+        every process yields the same number of batches (multi-host jit needs that).
+    num_examples / class_counts / landmark_ids: numbers from manifest.json.
+
+Labels are contiguous classes of a label set ('full' = train.csv, 'clean' =
+train_clean.csv): the landmark id of each record is looked up in the manifest's table,
+so one set of shards serves every training stage. With 'clean', train records not in
+train_clean.csv are dropped. Batch sizes are per process.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from gld_jax.data import augment as augment_lib
+from tfrecords_tools import features
+
+MANIFEST_FILE = "manifest.json"
+SUPPORTED_VERSION = 1
+SPLITS = ("train", "test", "index")
+READ_BUFFER_BYTES = 4 << 20  # per open shard file
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def read_manifest(tfrecord_dir: str) -> dict:
+    """The manifest.json of a TFRecord directory (see tfrecords_tools/build_gldv2.py).
+
+    Raises:
+      FileNotFoundError: no manifest (the directory was not built, or not finished).
+      ValueError: a manifest version this code does not read.
+    """
+    path = os.path.join(tfrecord_dir, MANIFEST_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no {MANIFEST_FILE} in {tfrecord_dir}; build it with "
+                                "python -m tfrecords_tools.build_gldv2")
+    with open(path, encoding="utf-8") as f:
+        manifest = json.load(f)
+    if manifest.get("version") != SUPPORTED_VERSION:
+        raise ValueError(f"{path}: manifest version {manifest.get('version')} is not "
+                         f"{SUPPORTED_VERSION}; rebuild the TFRecords")
+    return manifest
+
+
+def _check_label_set(manifest: dict, label_set: str) -> None:
+    if label_set not in manifest["label_sets"]:
+        raise ValueError(f"unknown label_set {label_set!r}; the manifest has "
+                         f"{sorted(manifest['label_sets'])}")
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+
+
+def _check_folds(manifest: dict, folds: Sequence[int] | None) -> list[int]:
+    n = manifest["folds"]
+    if folds is None:
+        return list(range(n))
+    folds = [int(f) for f in folds]
+    if not folds or any(not 0 <= f < n for f in folds):
+        raise ValueError(f"folds must be a non-empty subset of 0..{n - 1}, got {folds}")
+    return sorted(set(folds))
+
+
+def landmark_ids(tfrecord_dir: str, label_set: str = "full") -> np.ndarray:
+    """int64 [num_classes]: original landmark id of each class (class i = landmark_ids[i])."""
+    manifest = read_manifest(tfrecord_dir)
+    _check_label_set(manifest, label_set)
+    return np.asarray(manifest["label_sets"][label_set]["landmark_ids"], np.int64)
+
+
+def class_counts(tfrecord_dir: str, label_set: str = "full") -> np.ndarray:
+    """int64 [num_classes]: training images per class (all folds) in the stored shards.
+
+    A class can have 0 images only if every one of its files failed to decode
+    (see manifest label_sets[name]["num_empty_classes"]).
+    """
+    manifest = read_manifest(tfrecord_dir)
+    _check_label_set(manifest, label_set)
+    return np.asarray(manifest["label_sets"][label_set]["class_counts"], np.int64)
+
+
+def _file_counts(manifest: dict, split: str, label_set: str, folds: Sequence[int] | None,
+                 every: int) -> list[int]:
+    """Selected records per shard file: per file ceil(records in set and folds / every)."""
+    info = manifest["splits"][split]
+    if split == "train":
+        folds = _check_folds(manifest, folds)
+        raw = [sum(row[f] for f in folds) for row in info["shard_fold_counts"][label_set]]
+    else:
+        raw = list(info["shard_counts"])
+    return [math.ceil(n / every) for n in raw]
+
+
+def num_examples(tfrecord_dir: str, split: str, *, label_set: str = "full",
+                 folds: Sequence[int] | None = None, every: int = 1) -> int:
+    """Records a one-pass read selects, from the manifest (no file is read).
+
+    For train: images of `label_set` in `folds` (None = all). For test/index: all
+    (label_set and folds do not filter). `every` > 1 counts the every-th selection of
+    eval_dataset: per shard file ceil(n / every).
+    """
+    manifest = read_manifest(tfrecord_dir)
+    _check_split(split)
+    _check_label_set(manifest, label_set)
+    if every < 1:
+        raise ValueError(f"every must be >= 1, got {every}")
+    return sum(_file_counts(manifest, split, label_set, folds, every))
+
+
+# --------------------------------------------------------------------------- records
+
+
+def _files(tfrecord_dir: str, manifest: dict, split: str) -> list[str]:
+    return [os.path.join(tfrecord_dir, name) for name in manifest["splits"][split]["files"]]
+
+
+def _read_records(path: tf.Tensor) -> tf.data.Dataset:
+    return tf.data.TFRecordDataset(path, buffer_size=READ_BUFFER_BYTES)
+
+
+def _label_table(manifest: dict, label_set: str) -> tf.lookup.StaticHashTable:
+    ids = manifest["label_sets"][label_set]["landmark_ids"]
+    init = tf.lookup.KeyValueTensorInitializer(
+        tf.constant(ids, tf.int64), tf.range(len(ids), dtype=tf.int64))
+    return tf.lookup.StaticHashTable(init, default_value=-1)
+
+
+def _parser(table: tf.lookup.StaticHashTable):
+    """Parses a serialized Example and adds "label": class of its landmark id or -1."""
+
+    def parse(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+        ex = tf.io.parse_single_example(serialized, features.FEATURE_SPEC)
+        ex["label"] = table.lookup(ex[features.LANDMARK_ID])
+        return ex
+
+    return parse
+
+
+def _selector(split: str, label_set: str, folds: list[int] | None):
+    """Predicate on parsed records: in the label set (train) and in `folds`."""
+    fold_list = tf.constant(folds if folds is not None else [], tf.int64)
+
+    def keep(ex: dict[str, tf.Tensor]) -> tf.Tensor:
+        ok = tf.constant(True)
+        if split == "train":
+            ok = ex["label"] >= 0
+            if label_set == "clean":
+                ok = ok & tf.equal(ex[features.CLEAN], 1)
+            if folds is not None:
+                ok = ok & tf.reduce_any(tf.equal(ex[features.FOLD], fold_list))
+        return ok
+
+    return keep
+
+
+def _shard_files(files: list[str], process_index: int, process_count: int
+                 ) -> tuple[list[str], bool]:
+    """This process's files, and whether records must be sharded instead (too few files)."""
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"need 0 <= process_index < process_count, got {process_index}, "
+                         f"{process_count}")
+    if len(files) >= process_count:
+        return files[process_index::process_count], False
+    return files, True
+
+
+# --------------------------------------------------------------------------- train
+
+
+def train_dataset(
+    tfrecord_dir: str,
+    *,
+    image_size: int,
+    batch_size: int,
+    label_set: str = "full",
+    folds: Sequence[int] | None = None,
+    seed: int = 0,
+    augment: bool = True,
+    process_index: int = 0,
+    process_count: int = 1,
+    shuffle_buffer: int = 2048,
+    augment_config: augment_lib.AugmentConfig | None = None,
+    skip_batches: int = 0,
+) -> tf.data.Dataset:
+    """Infinite training batches for this process.
+
+    Args:
+      tfrecord_dir: output of tfrecords_tools.build_gldv2.
+      image_size: side S of the square images in pixels.
+      batch_size: examples per batch on this process (per-process, not global).
+      label_set: 'full' or 'clean'; labels are contiguous classes of that set.
+      folds: folds to train on (None = all).
+      seed: file order, record shuffle and augmentation are deterministic in it.
+      augment: recipe augmentations (augment_lib.AugmentConfig) or plain resize.
+      process_index, process_count: this process reads a disjoint slice: whole files
+        when there are at least process_count files, else every process_count-th record.
+      shuffle_buffer: records in the shuffle buffer (of encoded JPEGs).
+      augment_config: overrides the default augmentation parameters.
+      skip_batches: start after this many batches (resume): the same batches as
+        `.skip(skip_batches)` on the dataset, but the skipped records are never decoded.
+
+    Returns:
+      Dataset of {"image": uint8 [B, S, S, 3], "label": int32 [B]}, drop_remainder.
+
+    Raises:
+      ValueError: bad arguments, or no training record for this process.
+    """
+    manifest = read_manifest(tfrecord_dir)
+    _check_label_set(manifest, label_set)
+    if image_size < 1 or batch_size < 1 or skip_batches < 0:
+        raise ValueError(f"need image_size, batch_size >= 1 and skip_batches >= 0, got "
+                         f"{image_size}, {batch_size}, {skip_batches}")
+    fold_list = None if folds is None else _check_folds(manifest, folds)
+    files = _files(tfrecord_dir, manifest, "train")
+    my_files, shard_records = _shard_files(files, process_index, process_count)
+    counts = _file_counts(manifest, "train", label_set, fold_list, 1)
+    if shard_records:
+        mine = len(range(process_index, sum(counts), process_count))
+    else:
+        mine = sum(counts[process_index::process_count])
+    if mine == 0:  # an infinite filter over nothing would hang, not fail
+        raise ValueError(f"no training records for label_set={label_set!r}, folds={folds} "
+                         f"on process {process_index} of {process_count} in {tfrecord_dir}")
+    config = augment_config or augment_lib.AugmentConfig()
+    parse = _parser(_label_table(manifest, label_set))
+    keep = _selector("train", label_set, fold_list)
+
+    ds = tf.data.Dataset.from_tensor_slices(my_files)
+    if shard_records:
+        # Fewer files than processes (tiny data): every process reads all files in one
+        # fixed order and keeps every process_count-th selected record; sharding before
+        # repeat keeps the slices disjoint in every epoch. The record shuffle mixes.
+        ds = ds.interleave(_read_records, cycle_length=len(my_files), block_length=1,
+                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.map(parse).filter(keep).shard(process_count, process_index).repeat()
+    else:
+        ds = ds.shuffle(len(my_files), seed=seed, reshuffle_each_iteration=True).repeat()
+        ds = ds.interleave(_read_records, cycle_length=min(len(my_files), 16),
+                           block_length=1, num_parallel_calls=tf.data.AUTOTUNE,
+                           deterministic=True)
+        ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.filter(keep)
+    ds = ds.shuffle(shuffle_buffer, seed=seed * 7919 + process_index,
+                    reshuffle_each_iteration=True)
+    ds = ds.enumerate()
+    if skip_batches:
+        ds = ds.skip(skip_batches * batch_size)  # before decoding; seeds follow the index
+
+    def prepare(i: tf.Tensor, ex: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        if augment:
+            elem_seed = tf.stack([tf.constant(seed, tf.int64) * 65537 + process_index, i])
+            image = augment_lib.augment_train_image(
+                ex[features.ENCODED], ex[features.HEIGHT], ex[features.WIDTH], elem_seed,
+                image_size, config)
+        else:
+            image = augment_lib.decode_eval_image(ex[features.ENCODED], image_size)
+        return {"image": image, "label": tf.cast(ex["label"], tf.int32)}
+
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(batch_size, drop_remainder=True)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+# --------------------------------------------------------------------------- eval
+
+
+def eval_num_batches(tfrecord_dir: str, *, split: str, batch_size: int,
+                     label_set: str = "full", fold: int | None = None, every: int = 1,
+                     process_count: int = 1) -> int:
+    """Batches eval_dataset yields on every process (the same on all of them)."""
+    manifest = read_manifest(tfrecord_dir)
+    counts = _file_counts(manifest, split, label_set, None if fold is None else [fold], every)
+    if len(counts) >= process_count:
+        largest = max(sum(counts[p::process_count]) for p in range(process_count))
+    else:
+        largest = math.ceil(sum(counts) / process_count)
+    return math.ceil(largest / batch_size)
+
+
+def eval_dataset(
+    tfrecord_dir: str,
+    *,
+    split: str,
+    image_size: int,
+    batch_size: int,
+    label_set: str = "full",
+    fold: int | None = None,
+    every: int = 1,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> tf.data.Dataset:
+    """One deterministic pass over this process's slice of a split, padded to whole batches.
+
+    Args:
+      tfrecord_dir: output of tfrecords_tools.build_gldv2.
+      split: 'train', 'test' or 'index'.
+      image_size: side S of the square images in pixels (plain resize, no crop).
+      batch_size: examples per batch on this process.
+      label_set: table for "label"; on train also keeps only that set's records.
+      fold: train only: keep only this fold (validation).
+      every: keep the every-th selected record of each shard file, in file order
+        (the recipe validates on every 15th image of the held-out fold).
+      process_index, process_count: disjoint slices whose union is the whole selection.
+
+    Returns:
+      Finite dataset of {"image": uint8 [B,S,S,3], "id": string [B], "landmark_id":
+      int64 [B] (-1 none), "label": int32 [B] (-1 not in label_set), "fold": int64 [B]
+      (-1 for test/index), "mask": bool [B]}; padding examples have mask False, id "",
+      landmark_id/label/fold -1 and zero images. Every process
+      yields eval_num_batches(...) batches; len(dataset) is known.
+    """
+    manifest = read_manifest(tfrecord_dir)
+    _check_split(split)
+    _check_label_set(manifest, label_set)
+    if every < 1 or image_size < 1 or batch_size < 1:
+        raise ValueError("every, image_size and batch_size must be >= 1")
+    if fold is not None and split != "train":
+        raise ValueError(f"fold selects validation images of train, not of {split!r}")
+    fold_list = None if fold is None else _check_folds(manifest, [fold])
+    files = _files(tfrecord_dir, manifest, split)
+    my_files, shard_records = _shard_files(files, process_index, process_count)
+    counts = _file_counts(manifest, split, label_set, fold_list, every)
+    if shard_records:
+        mine = len(range(process_index, sum(counts), process_count))
+    else:
+        mine = sum(counts[process_index::process_count])
+    num_batches = eval_num_batches(tfrecord_dir, split=split, batch_size=batch_size,
+                                   label_set=label_set, fold=fold, every=every,
+                                   process_count=process_count)
+    table = _label_table(manifest, label_set)
+    parse = _parser(table)
+    keep = _selector(split, label_set, fold_list)
+
+    def read_file(path: tf.Tensor) -> tf.data.Dataset:
+        # every-th is counted per file so it does not depend on how files are dealt out.
+        ds = _read_records(path).map(parse).filter(keep).enumerate()
+        return ds.filter(lambda i, ex: i % every == 0).map(lambda i, ex: ex)
+
+    def prepare(ex: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        return {"image": augment_lib.decode_eval_image(ex[features.ENCODED], image_size),
+                "id": ex[features.ID],
+                "landmark_id": ex[features.LANDMARK_ID],
+                "label": tf.cast(ex["label"], tf.int32),
+                "fold": ex[features.FOLD],
+                "mask": tf.constant(True)}
+
+    ds = tf.data.Dataset.from_tensor_slices(tf.constant(my_files, tf.string))
+    ds = ds.interleave(read_file, cycle_length=max(1, min(len(my_files), 8)), block_length=1,
+                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if shard_records:
+        ds = ds.shard(process_count, process_index)
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    pad = {"image": tf.zeros([image_size, image_size, 3], tf.uint8),
+           "id": tf.constant(b""),
+           "landmark_id": tf.constant(-1, tf.int64),
+           "label": tf.constant(-1, tf.int32),
+           "fold": tf.constant(-1, tf.int64),
+           "mask": tf.constant(False)}
+    ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat(num_batches * batch_size - mine))
+    ds = ds.batch(batch_size, drop_remainder=True)
+    ds = ds.apply(tf.data.experimental.assert_cardinality(num_batches))
+    return ds.prefetch(tf.data.AUTOTUNE)
