@@ -1,0 +1,410 @@
+"""Convolution layers whose arithmetic form is picked per backend.
+
+On XLA:CPU the way a convolution is written decides its speed (DESIGN.md:
+depthwise 3x3 through ``lax.conv`` with ``feature_group_count`` is ~3.4x slower
+than a sum of shifted multiplies, and a 1x1 conv ~3.4x slower than an einsum).
+On GPU/TPU ``lax.conv`` maps onto cuDNN / the MXU and is the right form. All
+forms compute the same function; ``conv2d`` picks one, the modules hold params.
+
+Layouts: activations NHWC, kernels HWIO ``[kh, kw, Cin // groups, Cout]``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax import lax
+
+Padding = str | Sequence[tuple[int, int]]
+ConvImpl = Literal["auto", "lax", "einsum_shift"]
+
+_IMPLS = ("auto", "lax", "einsum_shift")
+
+
+def _pair(v: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(v, int):
+        return (v, v)
+    a, b = v
+    return (int(a), int(b))
+
+
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TF "SAME" padding of one spatial dim: (pad_before, pad_after) in pixels.
+
+    Output size is ceil(size / stride); the odd pixel of padding goes after
+    (bottom/right), as in TensorFlow and Keras ``correct_pad`` for stride 2.
+    """
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return (total // 2, total - total // 2)
+
+
+def resolve_padding(
+    padding: Padding, spatial: Sequence[int], kernel: Sequence[int], strides: Sequence[int]
+) -> tuple[tuple[int, int], ...]:
+    """Explicit ((top, bottom), (left, right)) pads for "SAME", "VALID" or explicit pairs."""
+    if isinstance(padding, str):
+        mode = padding.upper()
+        if mode == "SAME":
+            dims = zip(spatial, kernel, strides, strict=True)
+            return tuple(same_padding(n, k, s) for n, k, s in dims)
+        if mode == "VALID":
+            return ((0, 0),) * len(spatial)
+        raise ValueError(f"padding must be 'SAME', 'VALID' or pairs, got {padding!r}")
+    pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+    if len(pads) != len(spatial):
+        raise ValueError(f"need {len(spatial)} (lo, hi) pairs, got {padding!r}")
+    return pads
+
+
+def _pad(x: jax.Array, pads: tuple[tuple[int, int], ...]) -> jax.Array:
+    if all(lo == 0 and hi == 0 for lo, hi in pads):
+        return x
+    return jnp.pad(x, ((0, 0), *pads, (0, 0)))
+
+
+def _taps(xp: jax.Array, kh: int, kw: int, strides: tuple[int, int]):
+    """Yield (i, j, window) for each kernel tap: the strided input slice it multiplies."""
+    sh, sw = strides
+    ho = (xp.shape[1] - kh) // sh + 1
+    wo = (xp.shape[2] - kw) // sw + 1
+    for i in range(kh):
+        for j in range(kw):
+            win = lax.slice(
+                xp,
+                (0, i, j, 0),
+                (xp.shape[0], i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, xp.shape[3]),
+                (1, sh, sw, 1),
+            )
+            yield i, j, win
+
+
+def _conv_lax(x, kernel, strides, pads, groups):
+    return lax.conv_general_dilated(
+        x,
+        kernel,
+        window_strides=strides,
+        padding=pads,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=groups,
+    )
+
+
+def _conv_shift_dense(x, kernel, strides, pads):
+    """groups=1 conv as a sum over taps of einsums (a 1x1 conv is a single einsum)."""
+    kh, kw = kernel.shape[:2]
+    out = None
+    for i, j, win in _taps(_pad(x, pads), kh, kw, strides):
+        term = jnp.einsum("nhwc,cd->nhwd", win, kernel[i, j])
+        out = term if out is None else out + term
+    return out
+
+
+def _depthwise_forward(x, kernel, strides, pads):
+    """Depthwise conv (multiplier 1) as a sum of shifted elementwise multiplies.
+
+    Accumulates in at least float32 so bfloat16 inputs lose no more than lax does.
+    """
+    kh, kw = kernel.shape[:2]
+    acc = jnp.promote_types(jnp.result_type(x, kernel), jnp.float32)
+    w = kernel[:, :, 0, :].astype(acc)  # [kh, kw, C]
+    out = None
+    for i, j, win in _taps(_pad(x, pads), kh, kw, strides):
+        term = win.astype(acc) * w[i, j]
+        out = term if out is None else out + term
+    return out.astype(jnp.result_type(x, kernel))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_shift_depthwise(x, kernel, strides, pads):
+    return _depthwise_forward(x, kernel, strides, pads)
+
+
+def _conv_shift_depthwise_fwd(x, kernel, strides, pads):
+    return _depthwise_forward(x, kernel, strides, pads), (x, kernel)
+
+
+def _depthwise_input_grad(g, kernel, x_shape, strides, pads):
+    """d loss / d x of the depthwise conv: a stride-1 depthwise conv of the
+    stride-dilated, (k-1)-padded output gradient with the flipped kernel, cropped."""
+    kh, kw = kernel.shape[:2]
+    (sh, sw), ((pt, pb), (pl, pr)) = strides, pads
+    ho, wo = g.shape[1:3]
+    # Rows/cols of the padded input that no output window reached get zero gradient.
+    extra_h = x_shape[1] + pt + pb - (sh * (ho - 1) + kh)
+    extra_w = x_shape[2] + pl + pr - (sw * (wo - 1) + kw)
+    zero = jnp.zeros((), g.dtype)
+    gp = lax.pad(
+        g, zero,
+        ((0, 0, 0), (kh - 1, kh - 1 + extra_h, sh - 1), (kw - 1, kw - 1 + extra_w, sw - 1),
+         (0, 0, 0)),
+    )
+    dxp = _depthwise_forward(gp, kernel[::-1, ::-1], (1, 1), ((0, 0), (0, 0)))
+    return dxp[:, pt : pt + x_shape[1], pl : pl + x_shape[2], :]
+
+
+def _conv_shift_depthwise_bwd(strides, pads, residuals, g):
+    # Autodiff writes the kernel gradient as kh*kw separate reductions, which
+    # XLA:CPU compiles slowly (~0.75 s per 5x5 conv) and runs 2-3x slower than
+    # one reduction looped over the taps with lax.map. For the input gradient,
+    # autodiff's sum of pads is fastest up to 3x3; for 5x5 the flipped-kernel
+    # conv runs 2-4x faster (measured on [32, 8..16, 8..16, 144..480]).
+    x, kernel = residuals
+    kh, kw, _, c = kernel.shape
+    if kh * kw <= 9:
+        _, vjp_x = jax.vjp(lambda x: _depthwise_forward(x, kernel, strides, pads), x)
+        (dx,) = vjp_x(g)
+    else:
+        dx = _depthwise_input_grad(g, kernel, x.shape, strides, pads).astype(x.dtype)
+    sh, sw = strides
+    ho, wo = g.shape[1:3]
+    acc = jnp.promote_types(jnp.result_type(x, kernel), jnp.float32)
+    xp = _pad(x, pads)
+    g = g.astype(acc)
+
+    def tap_grad(t):
+        win = lax.dynamic_slice(
+            xp, (0, t // kw, t % kw, 0), (xp.shape[0], sh * (ho - 1) + 1, sw * (wo - 1) + 1, c)
+        )[:, ::sh, ::sw]
+        return jnp.sum(win.astype(acc) * g, axis=(0, 1, 2))
+
+    dk = lax.map(tap_grad, jnp.arange(kh * kw)).reshape(kh, kw, 1, c)
+    return dx, dk.astype(kernel.dtype)
+
+
+_conv_shift_depthwise.defvjp(_conv_shift_depthwise_fwd, _conv_shift_depthwise_bwd)
+
+
+def conv2d(
+    x: jax.Array,
+    kernel: jax.Array,
+    *,
+    strides: int | Sequence[int] = 1,
+    padding: Padding = "SAME",
+    feature_group_count: int = 1,
+    impl: ConvImpl = "auto",
+) -> jax.Array:
+    """2-D convolution, NHWC x HWIO -> NHWC, in the fastest form for the backend.
+
+    Args:
+      x: [N, H, W, Cin] input.
+      kernel: [kh, kw, Cin // feature_group_count, Cout].
+      strides: int or (sh, sw).
+      padding: "SAME" (TensorFlow semantics: out = ceil(in / stride), odd pad at
+        bottom/right), "VALID", or ((top, bottom), (left, right)) in pixels.
+      feature_group_count: 1 for a dense conv, Cin for a depthwise conv.
+      impl: "lax" = ``lax.conv_general_dilated``; "einsum_shift" = einsum for
+        dense convs (sum over taps for k > 1) and shifted multiplies for
+        depthwise (multiplier 1; custom VJP, so first-order gradients only);
+        "auto" = lax on GPU/TPU, and on CPU
+        einsum_shift for 1x1 dense and depthwise convs, lax for the rest.
+
+    Returns:
+      [N, Ho, Wo, Cout] in the promoted dtype of x and kernel.
+    """
+    if impl not in _IMPLS:
+        raise ValueError(f"impl must be one of {_IMPLS}, got {impl!r}")
+    if x.ndim != 4 or kernel.ndim != 4:
+        raise ValueError(f"need x [N,H,W,C] and kernel HWIO, got {x.shape} and {kernel.shape}")
+    kh, kw, kin, cout = kernel.shape
+    cin = x.shape[-1]
+    groups = int(feature_group_count)
+    if cin != kin * groups:
+        raise ValueError(f"x has {cin} channels but kernel {kernel.shape} x {groups} groups")
+    strides = _pair(strides)
+    pads = resolve_padding(padding, x.shape[1:3], (kh, kw), strides)
+
+    dense = groups == 1
+    depthwise = groups == cin and kin == 1 and cout == cin and groups > 1
+    if impl == "auto":
+        cheap = (dense and kh == kw == 1) or depthwise
+        impl = "einsum_shift" if cheap and jax.default_backend() == "cpu" else "lax"
+    if impl == "lax":
+        return _conv_lax(x, kernel, strides, pads, groups)
+    if dense:
+        return _conv_shift_dense(x, kernel, strides, pads)
+    if depthwise:
+        return _conv_shift_depthwise(x, kernel, strides, pads)
+    raise NotImplementedError(
+        f"impl='einsum_shift' covers dense and depthwise (multiplier 1) convs, not "
+        f"groups={groups} with kernel {kernel.shape}; use impl='lax'"
+    )
+
+
+Initializer = Callable[[jax.Array, tuple[int, ...], jnp.dtype], jax.Array]
+
+_INIT_CHUNK = 1 << 16
+
+
+def chunked_normal(
+    key: jax.Array, shape: Sequence[int], dtype=jnp.float32, stddev: float = 1.0
+) -> jax.Array:
+    """N(0, stddev^2) samples of ``shape``, drawn in fixed chunks of 65536 values.
+
+    Why: XLA:CPU spends ~0.15 s compiling each distinct ``jax.random.normal``
+    shape, so a model with ~100 kernel shapes took ~18 s to build. Chunk i is
+    ``normal(fold_in(key, i), (65536,))``; eagerly that is one cached executable
+    for every kernel, under tracing one vmapped op; both give the same values.
+    """
+    n = math.prod(shape)
+    n_chunks = max(1, -(-n // _INIT_CHUNK))
+    if isinstance(key, jax.core.Tracer):
+        keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(n_chunks))
+        flat = jax.vmap(lambda k: jax.random.normal(k, (_INIT_CHUNK,)))(keys).reshape(-1)
+        return (flat[:n].reshape(shape) * stddev).astype(dtype)
+    parts = [
+        np.asarray(jax.random.normal(jax.random.fold_in(key, i), (_INIT_CHUNK,)))
+        for i in range(n_chunks)
+    ]
+    flat = np.concatenate(parts)[:n]
+    return jnp.asarray((flat.reshape(shape) * stddev).astype(dtype))
+
+
+def conv_kernel_init(groups: int = 1) -> Initializer:
+    """He normal over fan_out, as ``conv_kernel_initializer`` of the EfficientNet release.
+
+    stddev = sqrt(2 / fan_out), untruncated. fan_out = kh * kw * Cout, except for
+    depthwise kernels (groups == Cin) where TF counts the depth multiplier,
+    kh * kw * Cout / groups.
+    """
+
+    def init(key, shape, dtype=jnp.float32):
+        kh, kw, kin, cout = shape
+        depthwise = groups > 1 and kin == 1
+        fan_out = kh * kw * (cout // groups if depthwise else cout)
+        return chunked_normal(key, shape, dtype, stddev=math.sqrt(2.0 / fan_out))
+
+    return init
+
+
+class Conv2d(nnx.Module):
+    """2-D convolution with params ``kernel`` [kh, kw, Cin/groups, Cout] (+ ``bias`` [Cout]).
+
+    Params stay in ``param_dtype``; input and kernel are cast to ``dtype`` for the
+    arithmetic (bfloat16 on TPU/GPU), and the output is in ``dtype``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        kernel_size: int | Sequence[int],
+        *,
+        strides: int | Sequence[int] = 1,
+        groups: int = 1,
+        use_bias: bool = False,
+        padding: Padding = "SAME",
+        dtype: jnp.dtype = jnp.float32,
+        param_dtype: jnp.dtype = jnp.float32,
+        kernel_init: Initializer | None = None,
+        impl: ConvImpl = "auto",
+        rngs: nnx.Rngs,
+    ):
+        if in_features % groups or out_features % groups:
+            raise ValueError(f"groups={groups} must divide {in_features} and {out_features}")
+        kh, kw = _pair(kernel_size)
+        init = kernel_init or conv_kernel_init(groups)
+        shape = (kh, kw, in_features // groups, out_features)
+        self.kernel = nnx.Param(init(rngs.params(), shape, param_dtype))
+        self.bias = nnx.Param(jnp.zeros((out_features,), param_dtype)) if use_bias else None
+        self.in_features = in_features
+        self.out_features = out_features
+        self.kernel_size = (kh, kw)
+        self.strides = _pair(strides)
+        self.groups = groups
+        self.padding = padding if isinstance(padding, str) else tuple(map(tuple, padding))
+        self.dtype = dtype
+        self.impl = impl
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """[N, H, W, Cin] -> [N, Ho, Wo, Cout] in ``dtype``."""
+        y = conv2d(
+            x.astype(self.dtype),
+            self.kernel[...].astype(self.dtype),
+            strides=self.strides,
+            padding=self.padding,
+            feature_group_count=self.groups,
+            impl=self.impl,
+        )
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        return y
+
+
+class DepthwiseConv2d(Conv2d):
+    """Depthwise conv (multiplier 1): kernel [kh, kw, 1, features], one filter per channel."""
+
+    def __init__(
+        self,
+        features: int,
+        kernel_size: int | Sequence[int],
+        *,
+        strides: int | Sequence[int] = 1,
+        use_bias: bool = False,
+        padding: Padding = "SAME",
+        dtype: jnp.dtype = jnp.float32,
+        param_dtype: jnp.dtype = jnp.float32,
+        kernel_init: Initializer | None = None,
+        impl: ConvImpl = "auto",
+        rngs: nnx.Rngs,
+    ):
+        super().__init__(
+            features,
+            features,
+            kernel_size,
+            strides=strides,
+            groups=features,
+            use_bias=use_bias,
+            padding=padding,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            kernel_init=kernel_init,
+            impl=impl,
+            rngs=rngs,
+        )
+
+
+class DropPath(nnx.Module):
+    """Stochastic depth: zero a whole sample's residual branch with prob ``rate``.
+
+    Keeps are rescaled by 1 / (1 - rate), as Keras ``Dropout(noise_shape=(N,1,1,1))``
+    in the EfficientNet release. Active only when ``deterministic`` is False, which
+    ``model.train()`` / ``model.eval()`` / ``nnx.view(deterministic=...)`` set.
+    Keys come from the ``rng_collection`` stream (falls back to 'default').
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        *,
+        deterministic: bool = False,
+        rng_collection: str = "dropout",
+        rngs: nnx.Rngs,
+    ):
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"drop path rate must be in [0, 1), got {rate}")
+        self.rate = float(rate)
+        self.deterministic = deterministic
+        self.rng_collection = rng_collection
+        self.rngs = rngs[rng_collection].fork()
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x [N, ...] -> x with whole samples zeroed (train) or unchanged (eval)."""
+        if self.deterministic or self.rate == 0.0:
+            return x
+        keep_prob = 1.0 - self.rate
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        keep = jax.random.bernoulli(self.rngs(), keep_prob, shape)
+        return jnp.where(keep, x / jnp.asarray(keep_prob, x.dtype), jnp.zeros((), x.dtype))
+
+    def set_view(self, deterministic: bool | None = None):
+        """Used by ``nnx.view``: deterministic=True disables dropping."""
+        if deterministic is not None:
+            self.deterministic = deterministic
