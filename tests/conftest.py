@@ -11,3 +11,15 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+def pytest_configure(config):
+    # Several tests compile the same EfficientNet steps; a persistent compilation
+    # cache shared by the session turns repeats into cache hits.
+    import tempfile
+
+    import jax
+
+    cache = os.environ.get("GLD_JAX_TEST_COMPILE_CACHE") or tempfile.mkdtemp(prefix="gldjax-xla-")
+    jax.config.update("jax_compilation_cache_dir", cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

@@ -1,0 +1,116 @@
+"""The configuration schema: every key a run may set, with its default.
+
+Config files (configs/*.py) start from `base_config()` and change values; the
+dict is locked, so a misspelt key in a file or on the command line fails at once
+instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def stage(
+    *,
+    image_size: int,
+    epochs: float,
+    batch_size: int,
+    learning_rate: float,
+    label_set: str = "full",
+    new_head: bool = True,
+    warmup_epochs: float = 0.0,
+) -> ml_collections.ConfigDict:
+    """One progressive-resizing stage.
+
+    Args:
+      image_size: square training resolution in pixels.
+      epochs: passes over the stage's training images (fractions allowed).
+      batch_size: GLOBAL batch size (all processes together).
+      learning_rate: peak learning rate of the stage's warmup-cosine schedule.
+      label_set: "full" (every train.csv class) or "clean" (train_clean.csv).
+      new_head: start this stage with a freshly initialised classifier head (always
+        true when the label set changes); the backbone and neck carry over.
+      warmup_epochs: linear warmup length.
+    """
+    return ml_collections.ConfigDict(
+        dict(
+            image_size=image_size,
+            epochs=epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            label_set=label_set,
+            new_head=new_head,
+            warmup_epochs=warmup_epochs,
+        )
+    )
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """All keys with defaults; see README "Configuration reference"."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    # Data. `data_dir` is a GLDv2 root (train/, train.csv, ...). With
+    # `synthetic.enabled` the synthetic GLDv2-like set is generated there first.
+    c.data_dir = ""  # empty: <workdir>/data
+    c.tfrecord_dir = ""  # empty: <workdir>/tfrecords
+    c.synthetic = ml_collections.ConfigDict(
+        dict(
+            enabled=False,
+            num_classes=60,
+            max_images=120,
+            num_test=300,
+            test_nonlandmark_fraction=0.7,
+            label_noise=0.0,
+            nonlandmark_noise=0.0,
+            image_width=160,
+            image_height=120,
+        )
+    )
+    c.convert = ml_collections.ConfigDict(dict(num_shards=8, max_side=0, num_workers=1))
+    c.folds = 5
+    c.fold = 0  # held-out fold for validation; -1 trains on every fold
+    c.val_every = 15  # validate on every 15th image of the held-out fold (recipe)
+    c.augment = True
+    c.shuffle_buffer = 2048
+
+    # Model.
+    c.model = ml_collections.ConfigDict(
+        dict(
+            backbone="efficientnet_b0",
+            embedding_dim=512,
+            neck_activation="swish",
+            gem_p=3.0,
+            sub_centers=3,
+            dtype="float32",  # compute dtype: bfloat16 on TPU/GPU
+            drop_path_rate=0.2,
+            remat=False,
+        )
+    )
+    # Sub-center ArcFace with class-size margins (3rd place GLR2020).
+    c.loss = ml_collections.ConfigDict(
+        dict(scale=80.0, margin_min=0.05, margin_range=0.45, margin_power=-0.25)
+    )
+    c.optimizer = ml_collections.ConfigDict(
+        dict(name="adamw", weight_decay=1e-4, momentum=0.9, grad_clip_norm=0.0)
+    )
+    c.stages = [stage(image_size=256, epochs=10, batch_size=256, learning_rate=1e-3)]
+
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, model=1))
+
+    # Loop.
+    c.log_every_steps = 20
+    c.checkpoint_every_steps = 500
+    c.keep_checkpoints = 2
+
+    # Evaluation / retrieval.
+    c.eval = ml_collections.ConfigDict(
+        dict(
+            batch_size=64,
+            validate=True,
+            num_neighbors=5,
+            brute_force_threshold=20_000,
+            prediction="top1",
+        )
+    )
+    return c

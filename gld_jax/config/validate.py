@@ -1,0 +1,135 @@
+"""Validation of a run's config before any work starts.
+
+Every check raises `ConfigError` naming the key, so `main` can print one clear
+line ("config error: stages[1].batch_size: ...") instead of failing minutes into
+a run.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+from gld_jax.train.mesh import resolve_mesh_shape
+
+MIN_IMAGE_SIZE = 32  # EfficientNet/ResNeSt reduce the input 32x
+LABEL_SETS = ("full", "clean")
+DTYPES = ("float32", "bfloat16")
+OPTIMIZERS = ("adamw", "sgd")
+PREDICTIONS = ("top1", "knn_vote")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; str() is 'key: reason'."""
+
+    def __init__(self, key: str, reason: str):
+        super().__init__(f"{key}: {reason}")
+        self.key = key
+
+
+def _check(ok: bool, key: str, reason: str) -> None:
+    if not ok:
+        raise ConfigError(key, reason)
+
+
+def validate_config(
+    config: ml_collections.ConfigDict, *, num_devices: int, process_count: int = 1
+) -> None:
+    """Raises ConfigError for the first bad key; returns None when all is well."""
+    from gld_jax.models.registry import backbone_names  # light: no TF, no weights
+
+    names = backbone_names()
+    _check(
+        config.model.backbone in names,
+        "model.backbone",
+        f"unknown model {config.model.backbone!r}; known: {', '.join(names)}",
+    )
+    _check(config.model.dtype in DTYPES, "model.dtype", f"must be one of {DTYPES}")
+    _check(config.model.embedding_dim > 0, "model.embedding_dim", "must be positive")
+    _check(config.model.sub_centers >= 1, "model.sub_centers", "must be >= 1")
+    _check(
+        config.model.neck_activation in ("swish", "prelu"),
+        "model.neck_activation",
+        "must be 'swish' or 'prelu'",
+    )
+    _check(0.0 <= config.model.drop_path_rate < 1.0, "model.drop_path_rate", "must be in [0, 1)")
+    _check(config.loss.scale > 0, "loss.scale", "must be positive")
+    _check(
+        config.loss.margin_min >= 0 and config.loss.margin_range >= 0,
+        "loss.margin_min",
+        "margins must be non-negative",
+    )
+    _check(config.optimizer.name in OPTIMIZERS, "optimizer.name", f"must be one of {OPTIMIZERS}")
+    _check(
+        config.eval.prediction in PREDICTIONS, "eval.prediction", f"must be one of {PREDICTIONS}"
+    )
+    _check(config.eval.batch_size > 0, "eval.batch_size", "must be positive")
+
+    if not config.synthetic.enabled:
+        _check(
+            bool(config.data_dir) or bool(config.tfrecord_dir),
+            "data_dir",
+            "set data_dir (a GLDv2 folder) or tfrecord_dir, or enable synthetic data",
+        )
+        if config.tfrecord_dir:
+            manifest = os.path.join(config.tfrecord_dir, "manifest.json")
+            _check(
+                _exists(manifest), "tfrecord_dir", f"no manifest.json in {config.tfrecord_dir!r}"
+            )
+        else:
+            _check(
+                _exists(config.data_dir),
+                "data_dir",
+                f"data directory {config.data_dir!r} does not exist",
+            )
+
+    _check(config.folds >= 2, "folds", "must be >= 2")
+    _check(-1 <= config.fold < config.folds, "fold", f"must be -1 or in [0, {config.folds})")
+    _check(config.val_every >= 1, "val_every", "must be >= 1")
+
+    try:
+        data, _ = resolve_mesh_shape(config.mesh.data, config.mesh.model, num_devices)
+    except ValueError as e:
+        raise ConfigError("mesh", str(e)) from None
+
+    stages = list(config.stages)
+    _check(len(stages) > 0, "stages", "at least one stage is needed")
+    previous_label_set = None
+    for i, s in enumerate(stages):
+        key = f"stages[{i}]"
+        _check(
+            s.image_size >= MIN_IMAGE_SIZE,
+            f"{key}.image_size",
+            f"must be >= {MIN_IMAGE_SIZE} pixels (got {s.image_size})",
+        )
+        _check(s.epochs > 0, f"{key}.epochs", "must be positive")
+        _check(s.batch_size > 0, f"{key}.batch_size", "must be positive")
+        _check(
+            s.batch_size % data == 0,
+            f"{key}.batch_size",
+            f"{s.batch_size} is not divisible by the {data} devices on the mesh's data axis",
+        )
+        _check(
+            s.batch_size % process_count == 0,
+            f"{key}.batch_size",
+            f"{s.batch_size} is not divisible by the {process_count} processes",
+        )
+        _check(s.learning_rate > 0, f"{key}.learning_rate", "must be positive")
+        _check(s.label_set in LABEL_SETS, f"{key}.label_set", f"must be one of {LABEL_SETS}")
+        _check(0 <= s.warmup_epochs <= s.epochs, f"{key}.warmup_epochs", "must be in [0, epochs]")
+        if previous_label_set is not None and s.label_set != previous_label_set:
+            _check(
+                s.new_head,
+                f"{key}.new_head",
+                "must be true when the label set changes (the classes differ)",
+            )
+        if i == 0:
+            _check(s.new_head, f"{key}.new_head", "the first stage always starts a new head")
+        previous_label_set = s.label_set
+
+
+def _exists(path: str) -> bool:
+    if "://" in path:  # gs:// and friends: leave it to the reader (TF gfile)
+        return True
+    return os.path.exists(path)

@@ -1,0 +1,60 @@
+"""Makes sure a run's TFRecords exist: synthetic data and conversion on demand.
+
+Both steps are idempotent: the generator keeps a _SUCCESS.json marker and the
+converter's manifest.json is written last, so a second run reuses both.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import tensorflow as tf
+
+log = logging.getLogger(__name__)
+
+
+def resolve_dirs(config, workdir: str) -> tuple[str, str]:
+    """(GLDv2 data dir, TFRecord dir) with the workdir defaults filled in."""
+    data_dir = config.data_dir or os.path.join(workdir, "data")
+    tfrecord_dir = config.tfrecord_dir or os.path.join(workdir, "tfrecords")
+    return data_dir, tfrecord_dir
+
+
+def prepare_data(config, workdir: str, *, is_main: bool = True) -> str:
+    """Generates (if synthetic) and converts (if no manifest yet); returns the TFRecord dir."""
+    data_dir, tfrecord_dir = resolve_dirs(config, workdir)
+    if tf.io.gfile.exists(os.path.join(tfrecord_dir, "manifest.json")):
+        return tfrecord_dir
+    if not is_main:
+        raise FileNotFoundError(
+            f"no manifest in {tfrecord_dir}: convert the data before a multi-host run"
+        )
+    if config.synthetic.enabled:
+        from gld_jax.data.synthetic import generate_gldv2_like
+
+        s = config.synthetic
+        generate_gldv2_like(
+            data_dir,
+            num_classes=s.num_classes,
+            max_images=s.max_images,
+            num_test=s.num_test,
+            test_nonlandmark_fraction=s.test_nonlandmark_fraction,
+            label_noise=s.label_noise,
+            nonlandmark_noise=s.nonlandmark_noise,
+            image_size=(s.image_width, s.image_height),
+            seed=config.seed,
+        )
+    from tfrecords_tools.build_gldv2 import build_gldv2
+
+    log.info("converting %s to TFRecords in %s", data_dir, tfrecord_dir)
+    build_gldv2(
+        data_dir,
+        tfrecord_dir,
+        num_shards=config.convert.num_shards,
+        folds=config.folds,
+        max_side=config.convert.max_side or None,
+        num_workers=config.convert.num_workers,
+        seed=config.seed,
+    )
+    return tfrecord_dir

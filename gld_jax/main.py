@@ -1,0 +1,105 @@
+"""gld-jax entry point.
+
+    python -m gld_jax.main --config configs/demo.py --workdir runs/demo
+    python -m gld_jax.main --config configs/effb7.py --workdir gs://bucket/runs/effb7 \
+        --config.fold=1 --mode train
+
+Modes: `all` (default) = data -> train -> embed -> evaluate; or one of `train`,
+`embed`, `evaluate`. Every mode resumes from what the workdir already holds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+
+from absl import flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (local path or gs://...).")
+_MODE = flags.DEFINE_enum("mode", "all", ["all", "train", "embed", "evaluate"], "What to run.")
+_STOP_AFTER = flags.DEFINE_integer(
+    "stop_after_steps", None, "Stop (checkpointed) after this many train steps in this call."
+)
+
+log = logging.getLogger("gld_jax")
+
+EXIT_USAGE = 2
+EXIT_DIVERGED = 3
+
+
+def _parse_flags(argv: list[str]) -> None:
+    """absl parsing, but a bad flag or config key is one line, not a traceback."""
+    try:
+        flags.FLAGS(argv)
+    except (
+        flags.Error,
+        AttributeError,
+        KeyError,
+        ValueError,
+        TypeError,
+        FileNotFoundError,
+        OSError,
+        SyntaxError,
+    ) as e:
+        msg = str(e).strip().strip('"').strip("'")
+        raise SystemExit(f"error: {msg}") from None
+    if _CONFIG.value is None:
+        raise SystemExit("error: --config is required, e.g. --config configs/demo.py")
+
+
+def _default_workdir(config_path: str) -> str:
+    name = os.path.splitext(os.path.basename(config_path.split(":")[0]))[0]
+    return os.path.join("runs", name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv if argv is None else argv)
+    _parse_flags(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"
+    )
+    for noisy in ("absl", "orbax", "jax._src", "tensorflow"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+    import jax
+
+    from gld_jax.config import ConfigError, validate_config
+    from gld_jax.train.trainer import TrainingDiverged
+
+    config = _CONFIG.value
+    workdir = _WORKDIR.value or _default_workdir(flags.FLAGS["config"].config_filename)
+    try:
+        validate_config(config, num_devices=jax.device_count(), process_count=jax.process_count())
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        summary = run(config, workdir, mode=_MODE.value, stop_after_steps=_STOP_AFTER.value)
+    except TrainingDiverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_DIVERGED
+    except (FileNotFoundError, NotADirectoryError, PermissionError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    print(json.dumps(summary))
+    return 0
+
+
+def run(config, workdir: str, *, mode: str = "all", stop_after_steps: int | None = None) -> dict:
+    """Runs the requested phases; returns the summary dict printed at the end."""
+    from gld_jax.pipeline import run_pipeline
+
+    t0 = time.perf_counter()
+    summary = run_pipeline(config, workdir, mode=mode, stop_after_steps=stop_after_steps)
+    summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    return summary
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""The landmark model: backbone -> GeM -> 512-d neck, plus a Sub-center head.
+
+The head only holds the class centres; the loss that uses them is a pure
+function in `gld_jax.losses`. Stages that change the label set swap in a new head
+(`model.head = SubCenterHead(...)`) and keep the embedder.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from gld_jax.models.neck import EmbeddingNeck
+from gld_jax.models.pooling import GeM
+from gld_jax.models.registry import create_backbone
+
+# ImageNet statistics in 0..255 units: the backbones are the ImageNet ones.
+IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+class SubCenterHead(nnx.Module):
+    """Class centres `[num_classes, sub_centers, dim]` (class-major, so the class
+    dimension can be sharded over the mesh's 'model' axis)."""
+
+    def __init__(self, num_classes: int, sub_centers: int, dim: int, *, rngs: nnx.Rngs):
+        bound = 1.0 / dim**0.5  # uniform(-1/sqrt(D), 1/sqrt(D)), as the recipe's head
+        self.centers = nnx.Param(
+            jax.random.uniform(
+                rngs.params(), (num_classes, sub_centers, dim), jnp.float32, -bound, bound
+            )
+        )
+
+
+class LandmarkModel(nnx.Module):
+    """Images `[N, H, W, 3]` uint8 (0..255) -> embeddings `[N, dim]` float32."""
+
+    def __init__(
+        self,
+        *,
+        backbone: str,
+        num_classes: int,
+        embedding_dim: int = 512,
+        sub_centers: int = 3,
+        neck_activation: str = "swish",
+        gem_p: float = 3.0,
+        dtype: str = "float32",
+        drop_path_rate: float = 0.2,
+        remat: bool = False,
+        rngs: nnx.Rngs,
+    ):
+        self.compute_dtype = DTYPES[dtype]
+        self.backbone, feature_dim = create_backbone(
+            backbone,
+            rngs=rngs,
+            dtype=self.compute_dtype,
+            drop_path_rate=drop_path_rate,
+            remat=remat,
+        )
+        self.pool = GeM(p=gem_p)
+        self.neck = EmbeddingNeck(
+            feature_dim, embedding_dim, neck_activation, rngs=rngs, dtype=self.compute_dtype
+        )
+        self.head = SubCenterHead(num_classes, sub_centers, embedding_dim, rngs=rngs)
+        self.embedding_dim = embedding_dim
+        self.sub_centers = sub_centers
+
+    def __call__(self, images: jax.Array) -> jax.Array:
+        x = images.astype(jnp.float32)
+        x = (x - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
+        features = self.backbone(x.astype(self.compute_dtype))
+        return self.neck(self.pool(features)).astype(jnp.float32)
+
+
+def build_model(model_config, num_classes: int, *, seed: int) -> LandmarkModel:
+    """A LandmarkModel from the `model` section of a config."""
+    return LandmarkModel(
+        backbone=model_config.backbone,
+        num_classes=num_classes,
+        embedding_dim=model_config.embedding_dim,
+        sub_centers=model_config.sub_centers,
+        neck_activation=model_config.neck_activation,
+        gem_p=model_config.gem_p,
+        dtype=model_config.dtype,
+        drop_path_rate=model_config.drop_path_rate,
+        remat=model_config.remat,
+        rngs=nnx.Rngs(params=seed, dropout=seed + 1),
+    )

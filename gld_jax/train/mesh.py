@@ -1,0 +1,102 @@
+"""Device mesh and sharding rules.
+
+The mesh has axes ('data', 'model'): the batch is split over 'data'; the
+classifier head's classes over 'model' (a class-sharded head, so 200k classes fit).
+Rules are data: (regex over the parameter path, PartitionSpec), first match wins.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+DATA_AXIS = "data"
+MODEL_AXIS = "model"
+
+# Head centres [C, K, D] are split over classes; everything else is replicated.
+DEFAULT_RULES: tuple[tuple[str, P], ...] = (
+    (r"(^|/)head/centers(/|$)", P(MODEL_AXIS, None, None)),
+    (r".*", P()),
+)
+
+
+def resolve_mesh_shape(data: int, model: int, num_devices: int) -> tuple[int, int]:
+    """Resolves a (data, model) request where one entry may be -1 ("the rest").
+
+    Raises:
+      ValueError: when the shape does not use exactly `num_devices` devices.
+    """
+    if data == -1 and model == -1:
+        raise ValueError("only one of mesh.data and mesh.model may be -1")
+    if model == -1:
+        if data <= 0 or num_devices % data:
+            raise ValueError(f"mesh.data={data} does not divide the {num_devices} devices")
+        model = num_devices // data
+    if data == -1:
+        if model <= 0 or num_devices % model:
+            raise ValueError(f"mesh.model={model} does not divide the {num_devices} devices")
+        data = num_devices // model
+    if data <= 0 or model <= 0 or data * model != num_devices:
+        raise ValueError(
+            f"mesh {data}x{model} needs {data * model} devices but {num_devices} are present"
+        )
+    return data, model
+
+
+def make_mesh(data: int = -1, model: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A ('data', 'model') mesh over all (or the given) devices."""
+    devices = list(jax.devices() if devices is None else devices)
+    d, m = resolve_mesh_shape(data, model, len(devices))
+    return Mesh(np.asarray(devices).reshape(d, m), (DATA_AXIS, MODEL_AXIS))
+
+
+def path_to_str(path: tuple) -> str:
+    """'a/b/0/c' from a jax key path or an nnx state path."""
+    parts = []
+    for p in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(p, attr):
+                p = getattr(p, attr)
+                break
+        parts.append(str(p))
+    return "/".join(parts)
+
+
+def spec_for(path: str, shape: tuple[int, ...], mesh: Mesh, rules=DEFAULT_RULES) -> P:
+    """The PartitionSpec of the first matching rule, or replicated when the rule's
+    sharded dimensions do not divide evenly (small heads on big meshes)."""
+    spec = next((spec for pattern, spec in rules if re.search(pattern, path)), P())
+    if len(spec) > len(shape):
+        return P()
+    for dim, axis in zip(shape, spec, strict=False):
+        if axis is not None and dim % mesh.shape[axis]:
+            return P()
+    return spec
+
+
+def tree_shardings(tree, mesh: Mesh, rules=DEFAULT_RULES):
+    """NamedShardings for every leaf of a pytree (params, optimizer state, ...).
+
+    Optimizer moments mirror their parameter's path (e.g. '0/mu/head/centers'),
+    so the same regexes shard them the same way as the parameter.
+    """
+
+    def one(path, leaf):
+        shape = tuple(getattr(leaf, "shape", ()))
+        return NamedSharding(mesh, spec_for(path_to_str(path), shape, mesh, rules))
+
+    return jax.tree_util.tree_map_with_path(one, tree)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) dimension split over 'data', the rest replicated."""
+    return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())

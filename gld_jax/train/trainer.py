@@ -1,0 +1,264 @@
+"""The training loop over progressive stages.
+
+Sections: plan -> model -> per stage (head, optimizer, shard, resume, input,
+loop with logging / NaN check / checkpoints, validation). Everything a resumed
+run needs is derived from the latest checkpoint's global step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from gld_jax.losses import dynamic_margins
+from gld_jax.models.landmark import LandmarkModel, SubCenterHead, build_model
+from gld_jax.train import mesh as mesh_lib
+from gld_jax.train.checkpoint import Checkpointer
+from gld_jax.train.optim import learning_rate_schedule, make_optimizer
+from gld_jax.train.stages import StagePlan, locate, plan_stages
+from gld_jax.train.state import init_train_state, split_model, update_model
+from gld_jax.train.step import make_train_step, state_shardings
+from gld_jax.utils.progress import progress_bar
+from gld_jax.utils.summary import SummaryWriter
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    """Loss or gradients became non-finite; the last good checkpoint is kept."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    model: LandmarkModel
+    plans: list[StagePlan]
+    validation_gap: list[float]  # one per stage trained in this run (nan when skipped)
+    steps_run: int
+    train_seconds: float
+    global_step: int  # global step reached
+    complete: bool  # every stage finished
+
+
+def stage_label_info(tfrecord_dir: str, config) -> tuple[dict[str, int], dict[str, int]]:
+    """Classes and training images (held-out fold excluded) per label set."""
+    from gld_jax.data import input_pipeline
+
+    manifest = input_pipeline.read_manifest(tfrecord_dir)
+    num_classes, num_train = {}, {}
+    for name, info in manifest["label_sets"].items():
+        num_classes[name] = len(info["landmark_ids"])
+        num_train[name] = input_pipeline.num_examples(
+            tfrecord_dir, "train", label_set=name, folds=training_folds(config)
+        )
+    return num_classes, num_train
+
+
+def training_folds(config) -> list[int] | None:
+    if config.fold < 0:
+        return None
+    return [f for f in range(config.folds) if f != config.fold]
+
+
+def _new_head(model: LandmarkModel, num_classes: int, seed: int) -> None:
+    model.head = SubCenterHead(
+        num_classes, model.sub_centers, model.embedding_dim, rngs=nnx.Rngs(params=seed)
+    )
+
+
+def _to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    sharding = mesh_lib.batch_sharding(mesh)
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def train(
+    config: ml_collections.ConfigDict,
+    *,
+    workdir: str,
+    tfrecord_dir: str,
+    mesh: Mesh,
+    validate_fn=None,
+    stop_after_steps: int | None = None,
+) -> TrainResult:
+    """Trains every stage of `config` not yet done in `workdir`.
+
+    Args:
+      validate_fn: optional `f(model, plan) -> GAP` called after each stage.
+      stop_after_steps: stop (after checkpointing) once this many steps ran in
+        this call; used by tests and to split long jobs.
+    """
+    from gld_jax.data import input_pipeline  # TF stays out of the step code
+
+    manifest = input_pipeline.read_manifest(tfrecord_dir)
+    num_classes, num_train = stage_label_info(tfrecord_dir, config)
+    plans = plan_stages(config.stages, num_classes=num_classes, num_train=num_train)
+    is_main = jax.process_index() == 0
+    writer = SummaryWriter(os.path.join(workdir, "tensorboard"), enabled=is_main)
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
+
+    # ---- where are we? ---------------------------------------------------
+    latest = ckpt.latest_step()
+    start_stage, start_done = (0, 0) if latest is None else locate(latest, plans)
+    if latest is not None:
+        meta = ckpt.restore_meta(latest)
+        if (
+            meta.get("num_classes") != plans[start_stage].num_classes
+            or meta.get("backbone") != config.model.backbone
+        ):
+            raise ValueError(
+                f"the checkpoint at step {latest} in {workdir} was made by a different config "
+                f"({meta.get('backbone')}, {meta.get('num_classes')} classes); "
+                "use a new --workdir"
+            )
+        log.info("resuming from step %d: stage %d, %d steps done", latest, start_stage, start_done)
+
+    # ---- model ---------------------------------------------------------------
+    model = build_model(config.model, plans[start_stage].num_classes, seed=config.seed)
+    run_key = jax.random.key(config.seed)
+    gaps: list[float] = []
+    steps_run, t_train = 0, 0.0
+
+    for plan in plans[start_stage:]:
+        resuming = latest is not None and plan.index == start_stage
+        done = start_done if resuming else 0
+        if not resuming and plan.index > 0 and plan.new_head:
+            _new_head(model, plan.num_classes, seed=config.seed + 1000 * plan.index)
+
+        # ---- optimizer and sharded state ----------------------------------------
+        schedule = learning_rate_schedule(plan.learning_rate, plan.steps, plan.warmup_steps)
+        tx = make_optimizer(config.optimizer, schedule)
+        model.train()
+        graphdef, params, stats, rng_state = split_model(model)
+        state = init_train_state(params, stats, tx)
+        shardings = state_shardings(state, mesh)
+        state = jax.device_put(state, shardings)
+        if resuming:
+            state = ckpt.restore(latest, state)
+        if done >= plan.steps:  # this stage finished before the restart
+            update_model(model, *jax.device_get((state.params, state.batch_stats)))
+            continue
+
+        counts = manifest["label_sets"][plan.label_set]["class_counts"]
+        margins = jax.device_put(
+            dynamic_margins(
+                np.asarray(counts),
+                margin_min=config.loss.margin_min,
+                margin_range=config.loss.margin_range,
+                power=config.loss.margin_power,
+            ).astype(jnp.float32),
+            mesh_lib.replicated(mesh),
+        )
+        step_fn = make_train_step(
+            graphdef=graphdef,
+            rng_state=rng_state,
+            tx=tx,
+            scale=config.loss.scale,
+            key=jax.random.fold_in(run_key, plan.index),
+            mesh=mesh,
+            state_sharding=shardings,
+        )
+
+        # ---- input ------------------------------------------------------------
+        local_batch = plan.batch_size // jax.process_count()
+        ds = input_pipeline.train_dataset(
+            tfrecord_dir,
+            image_size=plan.image_size,
+            batch_size=local_batch,
+            label_set=plan.label_set,
+            folds=training_folds(config),
+            seed=config.seed * 1000 + plan.index,
+            augment=config.augment,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+            shuffle_buffer=config.shuffle_buffer,
+            # The stream is a deterministic function of the seed, so skipping the
+            # batches already consumed resumes without repeating or losing data.
+            skip_batches=done,
+        )
+        batches = ds.as_numpy_iterator()
+
+        # ---- loop -------------------------------------------------------------------
+        bar = progress_bar(
+            total=plan.steps,
+            initial=done,
+            desc=f"stage {plan.index} {plan.image_size}px",
+            enabled=is_main,
+        )
+        last_t, last_step = time.perf_counter(), done
+        stage_t0 = last_t
+        for step in range(done, plan.steps):
+            batch = _to_global(next(batches), mesh)
+            state, metrics = step_fn(state, batch, margins)
+            steps_run += 1
+            step_done = step + 1
+            stop_now = stop_after_steps is not None and steps_run >= stop_after_steps
+            if step_done % config.log_every_steps == 0 or step_done == plan.steps or stop_now:
+                metrics = jax.device_get(metrics)
+                if not all(math.isfinite(float(v)) for v in metrics.values()):
+                    raise TrainingDiverged(
+                        f"non-finite loss/gradients at stage {plan.index} step {step_done} "
+                        f"(loss={float(metrics['loss'])}); last good checkpoint kept"
+                    )
+                now = time.perf_counter()
+                rate = (step_done - last_step) * plan.batch_size / max(now - last_t, 1e-9)
+                last_t, last_step = now, step_done
+                global_step = plan.first_step + step_done
+                scalars = {k: float(v) for k, v in metrics.items()}
+                scalars["learning_rate"] = float(schedule(step_done))
+                scalars["images_per_second"] = rate
+                writer.scalars(global_step, scalars, prefix=f"train/stage{plan.index}")
+                bar.set_postfix(
+                    loss=f"{scalars['loss']:.3f}",
+                    acc=f"{scalars['accuracy']:.2f}",
+                    img_s=f"{rate:.0f}",
+                )
+            bar.update(1)
+            if (
+                step_done % config.checkpoint_every_steps == 0
+                or step_done == plan.steps
+                or stop_now
+            ):
+                _save(ckpt, plan, step_done, state, config)
+            if stop_now:
+                break
+        bar.close()
+        t_train += time.perf_counter() - stage_t0
+        update_model(model, *jax.device_get((state.params, state.batch_stats)))
+        if step_done < plan.steps:  # stopped early on request
+            ckpt.close()
+            writer.close()
+            return TrainResult(
+                model, plans, gaps, steps_run, t_train, plan.first_step + step_done, complete=False
+            )
+        if validate_fn is not None:
+            gap = float(validate_fn(model, plan))
+            gaps.append(gap)
+            writer.scalars(plan.last_step, {"gap": gap}, prefix=f"val/stage{plan.index}")
+            log.info("stage %d validation GAP %.4f", plan.index, gap)
+
+    ckpt.close()
+    writer.close()
+    return TrainResult(model, plans, gaps, steps_run, t_train, plans[-1].last_step, complete=True)
+
+
+def _save(ckpt: Checkpointer, plan: StagePlan, step_done: int, state, config) -> None:
+    global_step = plan.first_step + step_done
+    meta = {
+        "stage": plan.index,
+        "stage_step": step_done,
+        "global_step": global_step,
+        "num_classes": plan.num_classes,
+        "label_set": plan.label_set,
+        "image_size": plan.image_size,
+        "backbone": config.model.backbone,
+    }
+    ckpt.save(global_step, state, meta)

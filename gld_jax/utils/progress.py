@@ -1,0 +1,21 @@
+"""Progress bars that stay quiet on non-main processes and in logs."""
+
+from __future__ import annotations
+
+import sys
+
+from tqdm.auto import tqdm
+
+
+def progress_bar(*, total: int, desc: str, initial: int = 0, enabled: bool = True, unit="step"):
+    """A tqdm bar with rate and ETA; disabled (a no-op) when `enabled` is false."""
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=desc,
+        unit=unit,
+        disable=not enabled,
+        dynamic_ncols=True,
+        file=sys.stderr,
+        mininterval=1.0,
+    )

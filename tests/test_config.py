@@ -1,0 +1,89 @@
+"""Config validation: every bad value stops with one line naming the key."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from gld_jax.config import ConfigError, base_config, stage, validate_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def demo():
+    sys.path.insert(0, ROOT)
+    from configs import demo as demo_config
+
+    return demo_config.get_config()
+
+
+def test_demo_config_is_valid_on_1_and_8_devices():
+    validate_config(demo(), num_devices=1)
+    validate_config(demo(), num_devices=8)
+
+
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        (lambda c: setattr(c.model, "backbone", "efficientnet_b9"), "model.backbone"),
+        (lambda c: setattr(c.stages[0], "image_size", 16), "stages[0].image_size"),
+        (lambda c: setattr(c.stages[1], "batch_size", 36), "stages[1].batch_size"),
+        (lambda c: setattr(c, "stages", []), "stages"),
+        (lambda c: setattr(c.stages[1], "new_head", False), "stages[1].new_head"),
+        (lambda c: setattr(c.stages[0], "label_set", "dirty"), "stages[0].label_set"),
+        (lambda c: setattr(c.mesh, "model", 3), "mesh"),
+        (lambda c: setattr(c, "fold", 5), "fold"),
+        (lambda c: setattr(c.model, "dtype", "float16"), "model.dtype"),
+    ],
+)
+def test_bad_value_names_its_key(change, key):
+    c = demo()
+    change(c)
+    with pytest.raises(ConfigError) as e:
+        validate_config(c, num_devices=8)
+    assert e.value.key == key
+    assert str(e.value).startswith(key + ": ")
+
+
+def test_missing_data_dir_is_an_error(tmp_path):
+    c = base_config()
+    c.data_dir = str(tmp_path / "nowhere")
+    with pytest.raises(ConfigError, match="^data_dir: "):
+        validate_config(c, num_devices=1)
+    c.data_dir = ""
+    with pytest.raises(ConfigError, match="^data_dir: "):
+        validate_config(c, num_devices=1)
+
+
+def test_stage_defaults():
+    s = stage(image_size=64, epochs=1, batch_size=8, learning_rate=0.1)
+    assert s.label_set == "full" and s.new_head
+
+
+def _run_main(*args):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    return subprocess.run(
+        [sys.executable, "-m", "gld_jax.main", "--config", "configs/demo.py", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+
+
+def test_cli_reports_bad_config_in_one_line(tmp_path):
+    out = _run_main("--workdir", str(tmp_path), "--config.model.backbone=resnet9000")
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert lines[-1].startswith("config error: model.backbone: unknown model 'resnet9000'")
+    assert "Traceback" not in out.stderr
+    assert not os.listdir(tmp_path)  # stopped before any work
+
+
+def test_cli_reports_unknown_key_in_one_line(tmp_path):
+    out = _run_main("--workdir", str(tmp_path), "--config.model.nonsense=1")
+    assert out.returncode != 0
+    assert "Traceback" not in out.stderr
+    assert "nonsense" in out.stderr.strip().splitlines()[-1]
