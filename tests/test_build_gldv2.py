@@ -18,9 +18,18 @@ from gld_jax.data import synthetic
 from tfrecords_tools import build_gldv2, features
 
 FOLDS = 3
-DATA = dict(num_classes=8, min_images=2, max_images=20, num_test=24, num_index=10,
-            image_size=(64, 48), label_noise=0.15, nonlandmark_noise=0.1, seed=5,
-            show_progress=False)
+DATA = dict(
+    num_classes=8,
+    min_images=2,
+    max_images=20,
+    num_test=24,
+    num_index=10,
+    image_size=(64, 48),
+    label_noise=0.15,
+    nonlandmark_noise=0.1,
+    seed=5,
+    show_progress=False,
+)
 
 
 def _csv(path):
@@ -38,13 +47,23 @@ def _read_records(out_dir, files):
     for name in files:
         for raw in tf.data.TFRecordDataset(os.path.join(out_dir, name)).as_numpy_iterator():
             f = tf.train.Example.FromString(raw).features.feature
-            records.append({
-                "id": f[features.ID].bytes_list.value[0].decode(),
-                "encoded": f[features.ENCODED].bytes_list.value[0],
-                **{k.split("/")[1]: f[k].int64_list.value[0]
-                   for k in (features.CLASS, features.LANDMARK_ID, features.HEIGHT,
-                             features.WIDTH, features.FOLD, features.CLEAN)},
-            })
+            records.append(
+                {
+                    "id": f[features.ID].bytes_list.value[0].decode(),
+                    "encoded": f[features.ENCODED].bytes_list.value[0],
+                    **{
+                        k.split("/")[1]: f[k].int64_list.value[0]
+                        for k in (
+                            features.CLASS,
+                            features.LANDMARK_ID,
+                            features.HEIGHT,
+                            features.WIDTH,
+                            features.FOLD,
+                            features.CLEAN,
+                        )
+                    },
+                }
+            )
     return records
 
 
@@ -58,8 +77,9 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def built(data_dir, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("tfr"))
-    manifest = build_gldv2.build_gldv2(data_dir, out, num_shards=4, folds=FOLDS,
-                                       show_progress=False)
+    manifest = build_gldv2.build_gldv2(
+        data_dir, out, num_shards=4, folds=FOLDS, show_progress=False
+    )
     records = {s: _read_records(out, manifest["splits"][s]["files"]) for s in build_gldv2.SPLITS}
     return out, manifest, records
 
@@ -67,10 +87,13 @@ def built(data_dir, tmp_path_factory):
 def test_every_id_once_with_csv_labels(data_dir, built):
     out, manifest, records = built
     train = {r["id"]: int(r["landmark_id"]) for r in _csv(os.path.join(data_dir, "train.csv"))}
-    clean = {i for r in _csv(os.path.join(data_dir, "train_clean.csv"))
-             for i in r["images"].split()}
-    solution = {r["id"]: int(r["landmarks"]) if r["landmarks"] else -1
-                for r in _csv(os.path.join(data_dir, "recognition_solution_v2.1.csv"))}
+    clean = {
+        i for r in _csv(os.path.join(data_dir, "train_clean.csv")) for i in r["images"].split()
+    }
+    solution = {
+        r["id"]: int(r["landmarks"]) if r["landmarks"] else -1
+        for r in _csv(os.path.join(data_dir, "recognition_solution_v2.1.csv"))
+    }
     index = [r["id"] for r in _csv(os.path.join(data_dir, "index.csv"))]
 
     ids = [r["id"] for r in records["train"]]
@@ -85,8 +108,10 @@ def test_every_id_once_with_csv_labels(data_dir, built):
     for r in records["test"]:
         assert (r["landmark_id"], r["class"], r["fold"]) == (solution[r["id"]], -1, -1)
     assert sorted(r["id"] for r in records["index"]) == sorted(index)
-    assert all((r["landmark_id"], r["class"], r["fold"], r["clean"]) == (-1, -1, -1, 0)
-               for r in records["index"])
+    assert all(
+        (r["landmark_id"], r["class"], r["fold"], r["clean"]) == (-1, -1, -1, 0)
+        for r in records["index"]
+    )
 
     # Counts in the manifest equal those read back and those of the CSVs.
     for split, n in [("train", len(train)), ("test", len(solution)), ("index", len(index))]:
@@ -102,9 +127,11 @@ def test_every_id_once_with_csv_labels(data_dir, built):
     assert full["class_counts"] == [csv_counts[lm] for lm in full_table]
     clean_rows = _csv(os.path.join(data_dir, "train_clean.csv"))
     assert manifest["label_sets"]["clean"]["landmark_ids"] == sorted(
-        int(r["landmark_id"]) for r in clean_rows)
+        int(r["landmark_id"]) for r in clean_rows
+    )
     assert manifest["label_sets"]["clean"]["class_counts"] == [
-        len(r["images"].split()) for r in sorted(clean_rows, key=lambda r: int(r["landmark_id"]))]
+        len(r["images"].split()) for r in sorted(clean_rows, key=lambda r: int(r["landmark_id"]))
+    ]
     assert manifest["skipped"] == []
     assert not [f for f in os.listdir(out) if ".tmp" in f]
 
@@ -135,8 +162,7 @@ def test_folds_stratified(built):
     assert manifest["fold_counts"] == all_folds.tolist()
     assert manifest["label_sets"]["full"]["fold_counts"] == all_folds.tolist()
     shard_fold = np.array(manifest["splits"]["train"]["shard_fold_counts"]["clean"])
-    clean_folds = np.bincount([r["fold"] for r in records["train"] if r["clean"]],
-                              minlength=FOLDS)
+    clean_folds = np.bincount([r["fold"] for r in records["train"] if r["clean"]], minlength=FOLDS)
     assert shard_fold.sum(0).tolist() == clean_folds.tolist()
 
 
@@ -152,8 +178,23 @@ def test_assign_folds_deterministic_and_offsets_vary():
 
 def test_clean_label_set_classes(data_dir, tmp_path):
     out = str(tmp_path / "clean")
-    assert build_gldv2.main(["--data_dir", data_dir, "--output_dir", out, "--clean",
-                             "--num_shards", "2", "--max_side", "40", "--no_progress"]) == 0
+    assert (
+        build_gldv2.main(
+            [
+                "--data_dir",
+                data_dir,
+                "--output_dir",
+                out,
+                "--clean",
+                "--num_shards",
+                "2",
+                "--max_side",
+                "40",
+                "--no_progress",
+            ]
+        )
+        == 0
+    )
     with open(os.path.join(out, "manifest.json")) as f:
         manifest = json.load(f)
     assert manifest["label_set"] == "clean"
@@ -180,8 +221,12 @@ def test_missing_and_corrupt_files_are_skipped(data_dir, tmp_path, capsys):
     with open(_path(root, "test", test[0]), "r+b") as f:
         f.truncate(200)  # truncated JPEG: header fine, data cut
     out = str(tmp_path / "out")
-    assert build_gldv2.main(["--data_dir", root, "--output_dir", out, "--num_shards", "2",
-                             "--no_progress"]) == 0
+    assert (
+        build_gldv2.main(
+            ["--data_dir", root, "--output_dir", out, "--num_shards", "2", "--no_progress"]
+        )
+        == 0
+    )
     with open(os.path.join(out, "manifest.json")) as f:
         manifest = json.load(f)
     skipped = {(s["split"], s["id"]): s["reason"] for s in manifest["skipped"]}
@@ -199,20 +244,28 @@ def test_missing_and_corrupt_files_are_skipped(data_dir, tmp_path, capsys):
 def test_user_mistakes_exit_nonzero_with_one_line(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert build_gldv2.main(["--data_dir", str(empty), "--output_dir",
-                             str(tmp_path / "o")]) == 1
+    assert build_gldv2.main(["--data_dir", str(empty), "--output_dir", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and "train.csv" in err[0]
     (empty / "train.csv").write_text("id,url,landmark_id\n0123456789abcdef,u,5\n")
-    assert build_gldv2.main(["--data_dir", str(empty), "--output_dir",
-                             str(tmp_path / "o")]) == 1
+    assert build_gldv2.main(["--data_dir", str(empty), "--output_dir", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no train images" in err[0]
     # The real command line: exit status and a single stderr line, no traceback.
-    proc = subprocess.run([sys.executable, "-m", "tfrecords_tools.build_gldv2", "--data_dir",
-                           str(tmp_path / "nope"), "--output_dir", str(tmp_path / "o")],
-                          capture_output=True, text=True, cwd=os.path.dirname(
-                              os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tfrecords_tools.build_gldv2",
+            "--data_dir",
+            str(tmp_path / "nope"),
+            "--output_dir",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
     assert proc.returncode == 1
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
 
@@ -220,8 +273,12 @@ def test_user_mistakes_exit_nonzero_with_one_line(tmp_path, capsys):
 def test_output_dir_that_is_a_file_is_a_clear_error(data_dir, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    assert build_gldv2.main(["--data_dir", data_dir, "--output_dir", str(blocker / "sub"),
-                             "--no_progress"]) == 1
+    assert (
+        build_gldv2.main(
+            ["--data_dir", data_dir, "--output_dir", str(blocker / "sub"), "--no_progress"]
+        )
+        == 1
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "output dir" in err[0]
 
@@ -229,8 +286,9 @@ def test_output_dir_that_is_a_file_is_a_clear_error(data_dir, tmp_path, capsys):
 def test_workers_write_the_same_shards(data_dir, built, tmp_path):
     out, manifest, _ = built
     out2 = str(tmp_path / "w2")
-    m2 = build_gldv2.build_gldv2(data_dir, out2, num_shards=4, folds=FOLDS, num_workers=2,
-                                 show_progress=False)
+    m2 = build_gldv2.build_gldv2(
+        data_dir, out2, num_shards=4, folds=FOLDS, num_workers=2, show_progress=False
+    )
     assert m2 == manifest
     for name in manifest["splits"]["train"]["files"]:
         with open(os.path.join(out, name), "rb") as a, open(os.path.join(out2, name), "rb") as b:

@@ -17,9 +17,18 @@ from tfrecords_tools import build_gldv2, features
 
 S = 24  # image side in the tests: small keeps decoding and resizing cheap
 FOLDS = 3
-DATA = dict(num_classes=8, min_images=2, max_images=20, num_test=24, num_index=10,
-            image_size=(64, 48), label_noise=0.15, nonlandmark_noise=0.1, seed=11,
-            show_progress=False)
+DATA = dict(
+    num_classes=8,
+    min_images=2,
+    max_images=20,
+    num_test=24,
+    num_index=10,
+    image_size=(64, 48),
+    label_noise=0.15,
+    nonlandmark_noise=0.1,
+    seed=11,
+    show_progress=False,
+)
 
 
 def _csv(path):
@@ -47,9 +56,15 @@ def _eval_rows(out, **kw):
         assert b["image"].shape == (kw["batch_size"], S, S, 3) and b["image"].dtype == np.uint8
         for k in range(kw["batch_size"]):
             if b["mask"][k]:
-                rows.append({"id": b["id"][k].decode(), "label": int(b["label"][k]),
-                             "landmark_id": int(b["landmark_id"][k]),
-                             "fold": int(b["fold"][k]), "image": b["image"][k]})
+                rows.append(
+                    {
+                        "id": b["id"][k].decode(),
+                        "label": int(b["label"][k]),
+                        "landmark_id": int(b["landmark_id"][k]),
+                        "fold": int(b["fold"][k]),
+                        "image": b["image"][k],
+                    }
+                )
             else:
                 pads += 1
                 assert b["id"][k] == b"" and b["label"][k] == -1 and not b["image"][k].any()
@@ -75,28 +90,41 @@ def test_train_batches_shapes_dtypes_labels(dirs):
         assert b["label"].shape == (16,) and b["label"].dtype == np.int32
         assert ((b["label"] >= 0) & (b["label"] < num_classes)).all()
     # Deterministic in the seed, different for another seed.
-    again = list(input_pipeline.train_dataset(out, image_size=S, batch_size=16, seed=1)
-                 .take(4).as_numpy_iterator())
-    assert all((a["image"] == b["image"]).all() and (a["label"] == b["label"]).all()
-               for a, b in zip(batches, again, strict=True))
-    other = next(input_pipeline.train_dataset(out, image_size=S, batch_size=16, seed=2)
-                 .as_numpy_iterator())
+    again = list(
+        input_pipeline.train_dataset(out, image_size=S, batch_size=16, seed=1)
+        .take(4)
+        .as_numpy_iterator()
+    )
+    assert all(
+        (a["image"] == b["image"]).all() and (a["label"] == b["label"]).all()
+        for a, b in zip(batches, again, strict=True)
+    )
+    other = next(
+        input_pipeline.train_dataset(out, image_size=S, batch_size=16, seed=2).as_numpy_iterator()
+    )
     assert not (other["image"] == batches[0]["image"]).all()
     # Resuming with skip_batches gives the batches that follow, decoded or not.
-    resumed = next(input_pipeline.train_dataset(out, image_size=S, batch_size=16, seed=1,
-                                                skip_batches=3).as_numpy_iterator())
+    resumed = next(
+        input_pipeline.train_dataset(
+            out, image_size=S, batch_size=16, seed=1, skip_batches=3
+        ).as_numpy_iterator()
+    )
     assert (resumed["image"] == batches[3]["image"]).all()
     assert (resumed["label"] == batches[3]["label"]).all()
 
 
 def _train_pairs(out, epochs=5, **kw):
     """Distinct (image digest, label) pairs seen in `epochs` epochs without augmentation."""
-    n = input_pipeline.num_examples(out, "train", label_set=kw.get("label_set", "full"),
-                                    folds=kw.get("folds"))
-    ds = input_pipeline.train_dataset(out, image_size=S, batch_size=1, augment=False,
-                                      shuffle_buffer=16, **kw)
-    return {(_digest(b["image"][0]), int(b["label"][0]))
-            for b in ds.take(epochs * n).as_numpy_iterator()}
+    n = input_pipeline.num_examples(
+        out, "train", label_set=kw.get("label_set", "full"), folds=kw.get("folds")
+    )
+    ds = input_pipeline.train_dataset(
+        out, image_size=S, batch_size=1, augment=False, shuffle_buffer=16, **kw
+    )
+    return {
+        (_digest(b["image"][0]), int(b["label"][0]))
+        for b in ds.take(epochs * n).as_numpy_iterator()
+    }
 
 
 def test_train_label_set_clean_and_folds_select_exactly(dirs):
@@ -115,8 +143,15 @@ def test_train_process_shards_are_disjoint(dirs):
     _, out, _, _ = dirs
     everything = {d for d, _ in _train_pairs(out, epochs=4)}
     for count in (2, 5):  # 4 files: 2 processes split files, 5 split records
-        parts = [{d for d, _ in _train_pairs(out, epochs=4 * count, process_index=p,
-                                             process_count=count)} for p in range(count)]
+        parts = [
+            {
+                d
+                for d, _ in _train_pairs(
+                    out, epochs=4 * count, process_index=p, process_count=count
+                )
+            }
+            for p in range(count)
+        ]
         assert sum(len(p) for p in parts) == len(everything)
         assert set().union(*parts) == everything
 
@@ -128,8 +163,9 @@ def test_train_rejects_empty_selection(dirs, tmp_path):
     with pytest.raises(ValueError, match="folds"):
         input_pipeline.train_dataset(out, image_size=S, batch_size=2, folds=[FOLDS])
     with pytest.raises(ValueError, match="no training records"):  # would hang, not fail
-        input_pipeline.train_dataset(out, image_size=S, batch_size=2, process_index=999,
-                                     process_count=1000)
+        input_pipeline.train_dataset(
+            out, image_size=S, batch_size=2, process_index=999, process_count=1000
+        )
     with pytest.raises(FileNotFoundError, match="build_gldv2"):
         input_pipeline.train_dataset(str(tmp_path), image_size=S, batch_size=2)
 
@@ -150,16 +186,22 @@ def test_eval_covers_every_record_once_with_labels(dirs):
     rows, _, _ = _eval_rows(out, split="train", batch_size=7, label_set="clean")
     assert sorted(r["id"] for r in rows) == sorted(clean)
     assert all(r["label"] == clean_table.index(train[r["id"]]) for r in rows)
-    solution = {r["id"]: int(r["landmarks"]) if r["landmarks"] else -1
-                for r in _csv(os.path.join(data, "recognition_solution_v2.1.csv"))}
+    solution = {
+        r["id"]: int(r["landmarks"]) if r["landmarks"] else -1
+        for r in _csv(os.path.join(data, "recognition_solution_v2.1.csv"))
+    }
     rows, _, _ = _eval_rows(out, split="test", batch_size=5)
     assert {r["id"]: r["landmark_id"] for r in rows} == solution
-    assert all(r["label"] == (full_table.index(solution[r["id"]])
-                              if solution[r["id"]] in full_table else -1) for r in rows)
+    assert all(
+        r["label"]
+        == (full_table.index(solution[r["id"]]) if solution[r["id"]] in full_table else -1)
+        for r in rows
+    )
     assert all(r["fold"] == -1 for r in rows)
     rows, _, _ = _eval_rows(out, split="index", batch_size=5)
     assert sorted(r["id"] for r in rows) == sorted(
-        r["id"] for r in _csv(os.path.join(data, "index.csv")))
+        r["id"] for r in _csv(os.path.join(data, "index.csv"))
+    )
 
 
 @pytest.mark.parametrize("split", ["train", "test"])  # 4 files (file shards), 1 (records)
@@ -167,13 +209,16 @@ def test_eval_process_shards_partition_the_split(dirs, split):
     _, out, _, _ = dirs
     everything = sorted(r["id"] for r in _eval_rows(out, split=split, batch_size=4)[0])
     for count in (2, 3):
-        parts = [_eval_rows(out, split=split, batch_size=4, process_index=p,
-                            process_count=count) for p in range(count)]
+        parts = [
+            _eval_rows(out, split=split, batch_size=4, process_index=p, process_count=count)
+            for p in range(count)
+        ]
         ids = [[r["id"] for r in rows] for rows, _, _ in parts]
         assert sorted(sum(ids, [])) == everything  # disjoint, and the union is all
         assert len({b for _, _, b in parts}) == 1  # same number of batches everywhere
         assert parts[0][2] == input_pipeline.eval_num_batches(
-            out, split=split, batch_size=4, process_count=count)
+            out, split=split, batch_size=4, process_count=count
+        )
 
 
 def test_validation_takes_every_nth_of_a_fold(dirs):
@@ -196,8 +241,18 @@ def test_validation_takes_every_nth_of_a_fold(dirs):
     assert all(r["fold"] == fold for r in rows)
     assert len(expected) == input_pipeline.num_examples(out, "train", folds=[fold], every=every)
     # Process sharding does not change the selection.
-    parts = [_eval_rows(out, split="train", batch_size=4, fold=fold, every=every,
-                        process_index=p, process_count=2)[0] for p in range(2)]
+    parts = [
+        _eval_rows(
+            out,
+            split="train",
+            batch_size=4,
+            fold=fold,
+            every=every,
+            process_index=p,
+            process_count=2,
+        )[0]
+        for p in range(2)
+    ]
     assert sorted(r["id"] for p in parts for r in p) == sorted(expected)
 
 
@@ -207,7 +262,8 @@ def test_num_examples_from_manifest(dirs):
     assert input_pipeline.num_examples(out, "train") == len(train)
     assert input_pipeline.num_examples(out, "train", label_set="clean") == len(clean)
     assert input_pipeline.num_examples(out, "train", label_set="clean", folds=[0, 1]) == sum(
-        fold_of[i] in (0, 1) for i in clean)
+        fold_of[i] in (0, 1) for i in clean
+    )
     assert input_pipeline.num_examples(out, "test") == DATA["num_test"]
     assert input_pipeline.class_counts(out, "clean").sum() == len(clean)
     with pytest.raises(ValueError, match="fold"):
@@ -251,7 +307,7 @@ def test_flip_and_cutout():
         rows, cols = np.nonzero(zero)
         assert zero.any()
         # One solid rectangle no larger than 0.4 of each side; the rest untouched.
-        box = zero[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        box = zero[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
         assert box.all() and box.shape[0] <= 8 and box.shape[1] <= 8
         np.testing.assert_array_equal(out[~zero], img.numpy()[~zero])
 

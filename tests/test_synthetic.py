@@ -12,8 +12,15 @@ from PIL import Image
 
 from gld_jax.data import synthetic
 
-TINY = dict(num_classes=8, min_images=2, max_images=20, num_test=24, num_index=10,
-            image_size=(64, 48), show_progress=False)
+TINY = dict(
+    num_classes=8,
+    min_images=2,
+    max_images=20,
+    num_test=24,
+    num_index=10,
+    image_size=(64, 48),
+    show_progress=False,
+)
 NOISY = dict(TINY, label_noise=0.15, nonlandmark_noise=0.1, seed=3)
 
 
@@ -78,8 +85,12 @@ def test_layout_matches_gldv2(tiny):
                 assert im.format == "JPEG" and im.mode == "RGB"
                 assert im.size in [(64, 48), (48, 64)]
             on_disk.add(p)
-    found = {os.path.join(d, f) for s in ("train", "test", "index")
-             for d, _, fs in os.walk(os.path.join(root, s)) for f in fs}
+    found = {
+        os.path.join(d, f)
+        for s in ("train", "test", "index")
+        for d, _, fs in os.walk(os.path.join(root, s))
+        for f in fs
+    }
     assert found == on_disk
 
     # Landmark ids are sparse, not class indices.
@@ -122,8 +133,7 @@ def test_class_sizes_long_tail():
 def test_long_tail_in_written_csv(tiny):
     root, _ = tiny
     _, train = _rows(os.path.join(root, "train.csv"))
-    counts = np.array(sorted(np.unique([r["landmark_id"] for r in train],
-                                       return_counts=True)[1]))
+    counts = np.array(sorted(np.unique([r["landmark_id"] for r in train], return_counts=True)[1]))
     assert counts.min() >= 2 and counts.max() == 20
     assert np.median(counts) < counts.mean()
 
@@ -206,13 +216,34 @@ def test_cli_success_and_one_line_errors(tiny, tmp_path, capsys):
     assert synthetic.main(["--output_dir", root, "--num_classes", "9", "--no_progress"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and "num_classes" in err[0]
-    assert synthetic.main(["--output_dir", str(tmp_path / "bad"), "--label_noise", "1.5",
-                           "--no_progress"]) == 1
+    assert (
+        synthetic.main(
+            ["--output_dir", str(tmp_path / "bad"), "--label_noise", "1.5", "--no_progress"]
+        )
+        == 1
+    )
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
     out = str(tmp_path / "cli")
-    assert synthetic.main(["--output_dir", out, "--num_classes", "3", "--max_images", "4",
-                           "--num_test", "3", "--num_index", "2", "--image_size", "32x24",
-                           "--no_progress"]) == 0
+    assert (
+        synthetic.main(
+            [
+                "--output_dir",
+                out,
+                "--num_classes",
+                "3",
+                "--max_images",
+                "4",
+                "--num_test",
+                "3",
+                "--num_index",
+                "2",
+                "--image_size",
+                "32x24",
+                "--no_progress",
+            ]
+        )
+        == 0
+    )
     assert os.path.exists(os.path.join(out, synthetic.SUCCESS_FILE))
 
 

@@ -1,7 +1,9 @@
 """tf.data input pipelines over the TFRecords of tfrecords_tools.build_gldv2.
 
     train_dataset: infinite, shuffled, augmented batches {"image" uint8 [B,S,S,3],
-        "label" int32 [B]} of this process's slice of the data.
+        "label" int32 [B]} of this process's slice of the data; epoch-structured, so a
+        resume at any step is exact; optional square-root / class-balanced sampling;
+        JPEGs decoded at reduced DCT scale when the stage's images are small.
     eval_dataset: one pass, no augmentation, padded to whole batches with "mask";
         every process yields the same number of batches (multi-host jit needs that).
     num_examples / class_counts / landmark_ids: numbers from manifest.json.
@@ -43,20 +45,25 @@ def read_manifest(tfrecord_dir: str) -> dict:
     """
     path = os.path.join(tfrecord_dir, MANIFEST_FILE)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"no {MANIFEST_FILE} in {tfrecord_dir}; build it with "
-                                "python -m tfrecords_tools.build_gldv2")
+        raise FileNotFoundError(
+            f"no {MANIFEST_FILE} in {tfrecord_dir}; build it with "
+            "python -m tfrecords_tools.build_gldv2"
+        )
     with open(path, encoding="utf-8") as f:
         manifest = json.load(f)
     if manifest.get("version") != SUPPORTED_VERSION:
-        raise ValueError(f"{path}: manifest version {manifest.get('version')} is not "
-                         f"{SUPPORTED_VERSION}; rebuild the TFRecords")
+        raise ValueError(
+            f"{path}: manifest version {manifest.get('version')} is not "
+            f"{SUPPORTED_VERSION}; rebuild the TFRecords"
+        )
     return manifest
 
 
 def _check_label_set(manifest: dict, label_set: str) -> None:
     if label_set not in manifest["label_sets"]:
-        raise ValueError(f"unknown label_set {label_set!r}; the manifest has "
-                         f"{sorted(manifest['label_sets'])}")
+        raise ValueError(
+            f"unknown label_set {label_set!r}; the manifest has {sorted(manifest['label_sets'])}"
+        )
 
 
 def _check_split(split: str) -> None:
@@ -92,8 +99,9 @@ def class_counts(tfrecord_dir: str, label_set: str = "full") -> np.ndarray:
     return np.asarray(manifest["label_sets"][label_set]["class_counts"], np.int64)
 
 
-def _file_counts(manifest: dict, split: str, label_set: str, folds: Sequence[int] | None,
-                 every: int) -> list[int]:
+def _file_counts(
+    manifest: dict, split: str, label_set: str, folds: Sequence[int] | None, every: int
+) -> list[int]:
     """Selected records per shard file: per file ceil(records in set and folds / every)."""
     info = manifest["splits"][split]
     if split == "train":
@@ -104,8 +112,14 @@ def _file_counts(manifest: dict, split: str, label_set: str, folds: Sequence[int
     return [math.ceil(n / every) for n in raw]
 
 
-def num_examples(tfrecord_dir: str, split: str, *, label_set: str = "full",
-                 folds: Sequence[int] | None = None, every: int = 1) -> int:
+def num_examples(
+    tfrecord_dir: str,
+    split: str,
+    *,
+    label_set: str = "full",
+    folds: Sequence[int] | None = None,
+    every: int = 1,
+) -> int:
     """Records a one-pass read selects, from the manifest (no file is read).
 
     For train: images of `label_set` in `folds` (None = all). For test/index: all
@@ -134,7 +148,8 @@ def _read_records(path: tf.Tensor) -> tf.data.Dataset:
 def _label_table(manifest: dict, label_set: str) -> tf.lookup.StaticHashTable:
     ids = manifest["label_sets"][label_set]["landmark_ids"]
     init = tf.lookup.KeyValueTensorInitializer(
-        tf.constant(ids, tf.int64), tf.range(len(ids), dtype=tf.int64))
+        tf.constant(ids, tf.int64), tf.range(len(ids), dtype=tf.int64)
+    )
     return tf.lookup.StaticHashTable(init, default_value=-1)
 
 
@@ -166,18 +181,57 @@ def _selector(split: str, label_set: str, folds: list[int] | None):
     return keep
 
 
-def _shard_files(files: list[str], process_index: int, process_count: int
-                 ) -> tuple[list[str], bool]:
+def _shard_files(
+    files: list[str], process_index: int, process_count: int
+) -> tuple[list[str], bool]:
     """This process's files, and whether records must be sharded instead (too few files)."""
     if not 0 <= process_index < process_count:
-        raise ValueError(f"need 0 <= process_index < process_count, got {process_index}, "
-                         f"{process_count}")
+        raise ValueError(
+            f"need 0 <= process_index < process_count, got {process_index}, {process_count}"
+        )
     if len(files) >= process_count:
         return files[process_index::process_count], False
     return files, True
 
 
 # --------------------------------------------------------------------------- train
+
+
+def records_per_epoch(tfrecord_dir: str, *, label_set: str = "full",
+                      folds: Sequence[int] | None = None, process_index: int = 0,
+                      process_count: int = 1) -> int:
+    """Training records process `process_index` reads in one epoch (from the manifest).
+
+    Over all processes these add up to num_examples(tfrecord_dir, "train", ...): every
+    record is read by exactly one process per epoch.
+    """
+    manifest = read_manifest(tfrecord_dir)
+    _check_label_set(manifest, label_set)
+    fold_list = None if folds is None else _check_folds(manifest, folds)
+    files = _files(tfrecord_dir, manifest, "train")
+    _, shard_records = _shard_files(files, process_index, process_count)
+    counts = _file_counts(manifest, "train", label_set, fold_list, 1)
+    if shard_records:
+        return len(range(process_index, sum(counts), process_count))
+    return sum(counts[process_index::process_count])
+
+
+def sampling_weights(counts: np.ndarray, power: float) -> np.ndarray:
+    """Expected copies per epoch of one image of each class, float64 [num_classes].
+
+    Class c (n_c images) is then drawn with probability proportional to n_c ** power
+    (power 1: as stored, 0.5: square-root sampling, 0: class-balanced) while the
+    expected epoch size stays sum(n): w_c = N * n_c ** (power - 1) / sum_c n_c ** power.
+    Empty classes get weight 0.
+    """
+    n = np.asarray(counts, np.float64)
+    present = n > 0
+    w = np.zeros_like(n)
+    w[present] = n.sum() * n[present] ** (power - 1.0) / np.sum(n[present] ** power)
+    return w
+
+
+SAMPLING_POWERS = {"uniform": 1.0, "sqrt": 0.5, "balanced": 0.0}
 
 
 def train_dataset(
@@ -194,8 +248,16 @@ def train_dataset(
     shuffle_buffer: int = 2048,
     augment_config: augment_lib.AugmentConfig | None = None,
     skip_batches: int = 0,
+    deterministic: bool = True,
+    dct_scaling: bool = True,
+    sampling: str = "uniform",
 ) -> tf.data.Dataset:
     """Infinite training batches for this process.
+
+    The stream is a sequence of epochs; epoch e reads this process's files in an order
+    shuffled with (seed, e), shuffles records within the epoch with (seed, e) and
+    augments record i of the stream with (seed, process, i). Every record of the
+    selection is read by exactly one process in every epoch (records_per_epoch).
 
     Args:
       tfrecord_dir: output of tfrecords_tools.build_gldv2.
@@ -210,7 +272,18 @@ def train_dataset(
       shuffle_buffer: records in the shuffle buffer (of encoded JPEGs).
       augment_config: overrides the default augmentation parameters.
       skip_batches: start after this many batches (resume): the same batches as
-        `.skip(skip_batches)` on the dataset, but the skipped records are never decoded.
+        `.skip(skip_batches)` on the dataset. With sampling 'uniform' whole epochs are
+        skipped arithmetically and only the records of the current epoch before the
+        resume point are read (not decoded); with other samplings the epochs' lengths
+        vary, so the skipped records are read (not decoded) from the start.
+      deterministic: True: the same batches on every run (resume is exact). False: the
+        fast mode, parallel stages may reorder elements (resume then only approximate).
+      dct_scaling: decode JPEGs at 1/2, 1/4 or 1/8 scale when the source (or its crop)
+        is at least 2x, 4x, 8x image_size.
+      sampling: 'uniform' (each image once per epoch), 'sqrt' (class c drawn with
+        probability proportional to sqrt(n_c)) or 'balanced' (every class equally):
+        images are repeated floor(w_c) or ceil(w_c) times per epoch
+        (sampling_weights; the expected epoch size is unchanged).
 
     Returns:
       Dataset of {"image": uint8 [B, S, S, 3], "label": int32 [B]}, drop_remainder.
@@ -223,63 +296,100 @@ def train_dataset(
     if image_size < 1 or batch_size < 1 or skip_batches < 0:
         raise ValueError(f"need image_size, batch_size >= 1 and skip_batches >= 0, got "
                          f"{image_size}, {batch_size}, {skip_batches}")
+    if sampling not in SAMPLING_POWERS:
+        raise ValueError(f"sampling must be one of {sorted(SAMPLING_POWERS)}, got {sampling!r}")
     fold_list = None if folds is None else _check_folds(manifest, folds)
     files = _files(tfrecord_dir, manifest, "train")
     my_files, shard_records = _shard_files(files, process_index, process_count)
-    counts = _file_counts(manifest, "train", label_set, fold_list, 1)
-    if shard_records:
-        mine = len(range(process_index, sum(counts), process_count))
-    else:
-        mine = sum(counts[process_index::process_count])
-    if mine == 0:  # an infinite filter over nothing would hang, not fail
+    mine = records_per_epoch(tfrecord_dir, label_set=label_set, folds=fold_list,
+                             process_index=process_index, process_count=process_count)
+    if mine == 0:  # an infinite stream over nothing would hang, not fail
         raise ValueError(f"no training records for label_set={label_set!r}, folds={folds} "
                          f"on process {process_index} of {process_count} in {tfrecord_dir}")
     config = augment_config or augment_lib.AugmentConfig()
     parse = _parser(_label_table(manifest, label_set))
     keep = _selector("train", label_set, fold_list)
+    weights = None
+    if sampling != "uniform":
+        counts = manifest["label_sets"][label_set]["class_counts"]
+        weights = tf.constant(sampling_weights(np.asarray(counts), SAMPLING_POWERS[sampling]),
+                              tf.float32)
+    files_t = tf.constant(my_files, tf.string)
 
-    ds = tf.data.Dataset.from_tensor_slices(my_files)
-    if shard_records:
-        # Fewer files than processes (tiny data): every process reads all files in one
-        # fixed order and keeps every process_count-th selected record; sharding before
-        # repeat keeps the slices disjoint in every epoch. The record shuffle mixes.
-        ds = ds.interleave(_read_records, cycle_length=len(my_files), block_length=1,
-                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        ds = ds.map(parse).filter(keep).shard(process_count, process_index).repeat()
-    else:
-        ds = ds.shuffle(len(my_files), seed=seed, reshuffle_each_iteration=True).repeat()
-        ds = ds.interleave(_read_records, cycle_length=min(len(my_files), 16),
-                           block_length=1, num_parallel_calls=tf.data.AUTOTUNE,
-                           deterministic=True)
-        ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        ds = ds.filter(keep)
-    ds = ds.shuffle(shuffle_buffer, seed=seed * 7919 + process_index,
-                    reshuffle_each_iteration=True)
-    ds = ds.enumerate()
-    if skip_batches:
-        ds = ds.skip(skip_batches * batch_size)  # before decoding; seeds follow the index
+    def epoch_records(epoch: tf.Tensor) -> tf.data.Dataset:
+        """The records of one epoch, in the order (seed, epoch) decides."""
+        epoch_seed = tf.cast(seed, tf.int64) * 1_000_003 + epoch
+        ds = tf.data.Dataset.from_tensor_slices(files_t)
+        if shard_records:
+            # Fewer files than processes (tiny data): every process reads all files in
+            # one fixed order and keeps every process_count-th selected record.
+            ds = ds.interleave(_read_records, cycle_length=len(my_files), block_length=1)
+            ds = ds.map(parse).filter(keep).shard(process_count, process_index)
+        else:
+            ds = ds.shuffle(len(my_files), seed=epoch_seed)
+            ds = ds.interleave(_read_records, cycle_length=min(len(my_files), 16),
+                               block_length=1, num_parallel_calls=tf.data.AUTOTUNE,
+                               deterministic=deterministic)
+            ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE,
+                        deterministic=deterministic)
+            ds = ds.filter(keep)
+        if weights is not None:
+            ds = ds.flat_map(lambda ex: tf.data.Dataset.from_tensors(ex).repeat(
+                _copies(ex, weights, epoch_seed, process_index)))
+        return ds.shuffle(shuffle_buffer, seed=epoch_seed * 7919 + process_index)
+
+    first = skip_batches * batch_size
+    start_epoch, within = divmod(first, mine) if weights is None else (0, first)
+    ds = tf.data.Dataset.range(start_epoch, 2**62).flat_map(epoch_records)
+    ds = ds.skip(within)  # before decoding: skipped records cost a read and a parse
+    ds = ds.enumerate(start=first)
 
     def prepare(i: tf.Tensor, ex: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         if augment:
             elem_seed = tf.stack([tf.constant(seed, tf.int64) * 65537 + process_index, i])
             image = augment_lib.augment_train_image(
                 ex[features.ENCODED], ex[features.HEIGHT], ex[features.WIDTH], elem_seed,
-                image_size, config)
+                image_size, config, dct_scaling=dct_scaling)
         else:
-            image = augment_lib.decode_eval_image(ex[features.ENCODED], image_size)
+            image = augment_lib.decode_eval_image(ex[features.ENCODED], image_size,
+                                                  dct_scaling=dct_scaling)
         return {"image": image, "label": tf.cast(ex["label"], tf.int32)}
 
-    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
     ds = ds.batch(batch_size, drop_remainder=True)
+    if not deterministic:
+        options = tf.data.Options()
+        options.deterministic = False
+        ds = ds.with_options(options)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _copies(ex: dict[str, tf.Tensor], weights: tf.Tensor, epoch_seed: tf.Tensor,
+            process_index: int) -> tf.Tensor:
+    """floor(w) or ceil(w) copies of a record (w = its class weight), E[copies] = w.
+
+    The coin is a stateless function of (record id, epoch seed), so reruns agree.
+    """
+    w = tf.gather(weights, ex["label"])
+    base = tf.floor(w)
+    key = tf.strings.to_hash_bucket_fast(ex[features.ID], 2**62)
+    u = tf.random.stateless_uniform([], tf.stack([key, epoch_seed * 31 + process_index]))
+    return tf.cast(base, tf.int64) + tf.cast(u < w - base, tf.int64)
 
 
 # --------------------------------------------------------------------------- eval
 
 
-def eval_num_batches(tfrecord_dir: str, *, split: str, batch_size: int,
-                     label_set: str = "full", fold: int | None = None, every: int = 1,
-                     process_count: int = 1) -> int:
+def eval_num_batches(
+    tfrecord_dir: str,
+    *,
+    split: str,
+    batch_size: int,
+    label_set: str = "full",
+    fold: int | None = None,
+    every: int = 1,
+    process_count: int = 1,
+) -> int:
     """Batches eval_dataset yields on every process (the same on all of them)."""
     manifest = read_manifest(tfrecord_dir)
     counts = _file_counts(manifest, split, label_set, None if fold is None else [fold], every)
@@ -301,6 +411,7 @@ def eval_dataset(
     every: int = 1,
     process_index: int = 0,
     process_count: int = 1,
+    dct_scaling: bool = True,
 ) -> tf.data.Dataset:
     """One deterministic pass over this process's slice of a split, padded to whole batches.
 
@@ -314,6 +425,7 @@ def eval_dataset(
       every: keep the every-th selected record of each shard file, in file order
         (the recipe validates on every 15th image of the held-out fold).
       process_index, process_count: disjoint slices whose union is the whole selection.
+      dct_scaling: decode sources at least 2x image_size at reduced JPEG scale.
 
     Returns:
       Finite dataset of {"image": uint8 [B,S,S,3], "id": string [B], "landmark_id":
@@ -337,9 +449,15 @@ def eval_dataset(
         mine = len(range(process_index, sum(counts), process_count))
     else:
         mine = sum(counts[process_index::process_count])
-    num_batches = eval_num_batches(tfrecord_dir, split=split, batch_size=batch_size,
-                                   label_set=label_set, fold=fold, every=every,
-                                   process_count=process_count)
+    num_batches = eval_num_batches(
+        tfrecord_dir,
+        split=split,
+        batch_size=batch_size,
+        label_set=label_set,
+        fold=fold,
+        every=every,
+        process_count=process_count,
+    )
     table = _label_table(manifest, label_set)
     parse = _parser(table)
     keep = _selector(split, label_set, fold_list)
@@ -350,25 +468,36 @@ def eval_dataset(
         return ds.filter(lambda i, ex: i % every == 0).map(lambda i, ex: ex)
 
     def prepare(ex: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        return {"image": augment_lib.decode_eval_image(ex[features.ENCODED], image_size),
-                "id": ex[features.ID],
-                "landmark_id": ex[features.LANDMARK_ID],
-                "label": tf.cast(ex["label"], tf.int32),
-                "fold": ex[features.FOLD],
-                "mask": tf.constant(True)}
+        return {
+            "image": augment_lib.decode_eval_image(
+                ex[features.ENCODED], image_size, dct_scaling=dct_scaling
+            ),
+            "id": ex[features.ID],
+            "landmark_id": ex[features.LANDMARK_ID],
+            "label": tf.cast(ex["label"], tf.int32),
+            "fold": ex[features.FOLD],
+            "mask": tf.constant(True),
+        }
 
     ds = tf.data.Dataset.from_tensor_slices(tf.constant(my_files, tf.string))
-    ds = ds.interleave(read_file, cycle_length=max(1, min(len(my_files), 8)), block_length=1,
-                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.interleave(
+        read_file,
+        cycle_length=max(1, min(len(my_files), 8)),
+        block_length=1,
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
     if shard_records:
         ds = ds.shard(process_count, process_index)
     ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    pad = {"image": tf.zeros([image_size, image_size, 3], tf.uint8),
-           "id": tf.constant(b""),
-           "landmark_id": tf.constant(-1, tf.int64),
-           "label": tf.constant(-1, tf.int32),
-           "fold": tf.constant(-1, tf.int64),
-           "mask": tf.constant(False)}
+    pad = {
+        "image": tf.zeros([image_size, image_size, 3], tf.uint8),
+        "id": tf.constant(b""),
+        "landmark_id": tf.constant(-1, tf.int64),
+        "label": tf.constant(-1, tf.int32),
+        "fold": tf.constant(-1, tf.int64),
+        "mask": tf.constant(False),
+    }
     ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat(num_batches * batch_size - mine))
     ds = ds.batch(batch_size, drop_remainder=True)
     ds = ds.apply(tf.data.experimental.assert_cardinality(num_batches))

@@ -61,8 +61,12 @@ RGB = tuple[int, int, int]
 # --------------------------------------------------------------------------- colours
 
 
-def _colour(rng: np.random.Generator, s: tuple[float, float] = (0.2, 0.9),
-            v: tuple[float, float] = (0.2, 0.95), hue: float | None = None) -> RGB:
+def _colour(
+    rng: np.random.Generator,
+    s: tuple[float, float] = (0.2, 0.9),
+    v: tuple[float, float] = (0.2, 0.95),
+    hue: float | None = None,
+) -> RGB:
     """A random RGB colour drawn in HSV, so saturation and brightness stay controlled."""
     h = rng.uniform() if hue is None else hue % 1.0
     r, g, b = colorsys.hsv_to_rgb(h, rng.uniform(*s), rng.uniform(*v))
@@ -79,15 +83,21 @@ def _vertical_gradient(width: int, height: int, top: RGB, bottom: RGB) -> np.nda
 # --------------------------------------------------------------------------- scenes
 
 
-def _draw_windows(draw: ImageDraw.ImageDraw, box: tuple[float, float, float, float],
-                  rows: int, cols: int, colour: RGB) -> None:
+def _draw_windows(
+    draw: ImageDraw.ImageDraw,
+    box: tuple[float, float, float, float],
+    rows: int,
+    cols: int,
+    colour: RGB,
+) -> None:
     x0, y0, x1, y1 = box
     cw, ch = (x1 - x0) / cols, (y1 - y0) / rows
     for r in range(rows):
         for c in range(cols):
             wx, wy = x0 + c * cw, y0 + r * ch
-            draw.rectangle([wx + 0.25 * cw, wy + 0.2 * ch, wx + 0.75 * cw, wy + 0.7 * ch],
-                           fill=colour)
+            draw.rectangle(
+                [wx + 0.25 * cw, wy + 0.2 * ch, wx + 0.75 * cw, wy + 0.7 * ch], fill=colour
+            )
 
 
 def draw_landmark_scene(class_seed: int, size: tuple[int, int]) -> Image.Image:
@@ -105,18 +115,24 @@ def draw_landmark_scene(class_seed: int, size: tuple[int, int]) -> Image.Image:
     w, h = size
     horizon = int(h * rng.uniform(0.55, 0.75))
     sky_hue = rng.uniform()
-    sky = _vertical_gradient(w, horizon, _colour(rng, hue=sky_hue, v=(0.5, 1.0)),
-                             _colour(rng, hue=sky_hue + rng.uniform(-0.15, 0.15), v=(0.6, 1.0)))
-    ground = _vertical_gradient(w, h - horizon, _colour(rng, v=(0.3, 0.7)),
-                                _colour(rng, v=(0.1, 0.5)))
+    sky = _vertical_gradient(
+        w,
+        horizon,
+        _colour(rng, hue=sky_hue, v=(0.5, 1.0)),
+        _colour(rng, hue=sky_hue + rng.uniform(-0.15, 0.15), v=(0.6, 1.0)),
+    )
+    ground = _vertical_gradient(
+        w, h - horizon, _colour(rng, v=(0.3, 0.7)), _colour(rng, v=(0.1, 0.5))
+    )
     canvas = Image.fromarray(np.concatenate([sky, ground], axis=0), "RGB")
     draw = ImageDraw.Draw(canvas)
 
     if rng.uniform() < 0.6:  # sun or moon at a fixed place in the sky
         r = h * rng.uniform(0.04, 0.09)
         cx, cy = w * rng.uniform(0.05, 0.95), horizon * rng.uniform(0.1, 0.5)
-        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=_colour(rng, s=(0.0, 0.4),
-                                                                    v=(0.85, 1.0)))
+        draw.ellipse(
+            [cx - r, cy - r, cx + r, cy + r], fill=_colour(rng, s=(0.0, 0.4), v=(0.85, 1.0))
+        )
     palette_hue = rng.uniform()  # a class has a dominant palette, like a real place
     num_structures = int(rng.integers(3, 7))
     for _ in range(num_structures):
@@ -134,8 +150,10 @@ def draw_landmark_scene(class_seed: int, size: tuple[int, int]) -> Image.Image:
             bw, bh = w * rng.uniform(0.04, 0.09), h * rng.uniform(0.35, 0.65)
             draw.rectangle([cx - bw / 2, base - bh, cx + bw / 2, base], fill=colour)
             roof = bh * rng.uniform(0.1, 0.3)
-            draw.polygon([(cx - bw * 0.7, base - bh), (cx + bw * 0.7, base - bh),
-                          (cx, base - bh - roof)], fill=accent)
+            draw.polygon(
+                [(cx - bw * 0.7, base - bh), (cx + bw * 0.7, base - bh), (cx, base - bh - roof)],
+                fill=accent,
+            )
         elif kind == "dome":
             bw, bh = w * rng.uniform(0.15, 0.3), h * rng.uniform(0.12, 0.25)
             draw.rectangle([cx - bw / 2, base - bh, cx + bw / 2, base], fill=colour)
@@ -147,8 +165,10 @@ def draw_landmark_scene(class_seed: int, size: tuple[int, int]) -> Image.Image:
             ow = bw * 0.45
             dark = _colour(rng, v=(0.05, 0.25))
             draw.rectangle([cx - ow / 2, base - bh * 0.5, cx + ow / 2, base], fill=dark)
-            draw.ellipse([cx - ow / 2, base - bh * 0.5 - ow / 2, cx + ow / 2,
-                          base - bh * 0.5 + ow / 2], fill=dark)
+            draw.ellipse(
+                [cx - ow / 2, base - bh * 0.5 - ow / 2, cx + ow / 2, base - bh * 0.5 + ow / 2],
+                fill=dark,
+            )
     return canvas
 
 
@@ -201,8 +221,9 @@ def _perspective_coeffs(dst: np.ndarray, src: np.ndarray) -> tuple[float, ...]:
     return tuple(float(c) for c in np.linalg.solve(a, b))
 
 
-def render_view(scene: Image.Image, rng: np.random.Generator,
-                out_size: tuple[int, int]) -> Image.Image:
+def render_view(
+    scene: Image.Image, rng: np.random.Generator, out_size: tuple[int, int]
+) -> Image.Image:
     """One photograph of `scene`: random crop/scale, rotation, perspective and photometrics.
 
     Args:
@@ -228,8 +249,13 @@ def render_view(scene: Image.Image, rng: np.random.Generator,
     corners = corners @ rot.T + [cx, cy]
     corners += rng.uniform(-0.06, 0.06, size=(4, 2)) * [cw, ch]  # perspective
     dst = np.array([[0, 0], [ow, 0], [ow, oh], [0, oh]], np.float64)
-    view = scene.transform(out_size, Image.Transform.PERSPECTIVE, _perspective_coeffs(dst, corners),
-                           resample=Image.Resampling.BILINEAR, fillcolor=_colour(rng))
+    view = scene.transform(
+        out_size,
+        Image.Transform.PERSPECTIVE,
+        _perspective_coeffs(dst, corners),
+        resample=Image.Resampling.BILINEAR,
+        fillcolor=_colour(rng),
+    )
     if rng.uniform() < 0.5:  # occluders in front of the place: people, cars, branches
         draw = ImageDraw.Draw(view)
         for _ in range(int(rng.integers(1, 3))):
@@ -261,8 +287,9 @@ def image_relpath(split: str, image_id: str) -> str:
 # --------------------------------------------------------------------------- plan
 
 
-def class_sizes(num_classes: int, min_images: int, max_images: int,
-                rng: np.random.Generator) -> np.ndarray:
+def class_sizes(
+    num_classes: int, min_images: int, max_images: int, rng: np.random.Generator
+) -> np.ndarray:
     """Long-tailed class sizes, int64 [num_classes], in [min_images, max_images].
 
     Stratified quantiles q_i = (i + u_i) / N (the largest forced to 1) are mapped through
@@ -271,7 +298,7 @@ def class_sizes(num_classes: int, min_images: int, max_images: int,
     """
     q = (np.arange(num_classes) + rng.uniform(size=num_classes)) / num_classes
     q[-1] = 1.0
-    sizes = np.floor(min_images * (max_images / min_images) ** (q ** TAIL_EXPONENT) + 1e-9)
+    sizes = np.floor(min_images * (max_images / min_images) ** (q**TAIL_EXPONENT) + 1e-9)
     sizes = np.clip(sizes.astype(np.int64), min_images, max_images)
     return rng.permutation(sizes)
 
@@ -289,9 +316,18 @@ def _unique_ids(rng: np.random.Generator, n: int) -> list[str]:
     return ids
 
 
-def _validate(num_classes: int, min_images: int, max_images: int, num_test: int,
-              test_nonlandmark_fraction: float, num_index: int, label_noise: float,
-              nonlandmark_noise: float, image_size: tuple[int, int], seed: int) -> None:
+def _validate(
+    num_classes: int,
+    min_images: int,
+    max_images: int,
+    num_test: int,
+    test_nonlandmark_fraction: float,
+    num_index: int,
+    label_noise: float,
+    nonlandmark_noise: float,
+    image_size: tuple[int, int],
+    seed: int,
+) -> None:
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
     if num_classes < 2:
@@ -300,13 +336,17 @@ def _validate(num_classes: int, min_images: int, max_images: int, num_test: int,
         raise ValueError(f"need 1 <= min_images <= max_images, got {min_images}, {max_images}")
     if num_test < 0 or num_index < 0:
         raise ValueError(f"num_test and num_index must be >= 0, got {num_test}, {num_index}")
-    for name, value in [("test_nonlandmark_fraction", test_nonlandmark_fraction),
-                        ("label_noise", label_noise), ("nonlandmark_noise", nonlandmark_noise)]:
+    for name, value in [
+        ("test_nonlandmark_fraction", test_nonlandmark_fraction),
+        ("label_noise", label_noise),
+        ("nonlandmark_noise", nonlandmark_noise),
+    ]:
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {value}")
     if label_noise + nonlandmark_noise > 1.0:
-        raise ValueError("label_noise + nonlandmark_noise must be <= 1, got "
-                         f"{label_noise + nonlandmark_noise}")
+        raise ValueError(
+            f"label_noise + nonlandmark_noise must be <= 1, got {label_noise + nonlandmark_noise}"
+        )
     if len(image_size) != 2 or min(image_size) < 16:
         raise ValueError(f"image_size must be (width, height) with both >= 16, got {image_size}")
 
@@ -326,12 +366,13 @@ def _plan(params: dict[str, Any]) -> dict[str, Any]:
     label_noisy = order[:n_label_noise]
     # A relabelled image shows another class's place: shift by 1..N-1 so it is never its own.
     scenes[label_noisy] = (labels[label_noisy] + rng.integers(1, n_cls, size=n_label_noise)) % n_cls
-    scenes[order[n_label_noise:n_label_noise + n_nl_noise]] = -1
+    scenes[order[n_label_noise : n_label_noise + n_nl_noise]] = -1
 
     n_test, n_index = params["num_test"], params["num_index"]
     n_test_nl = round(params["test_nonlandmark_fraction"] * n_test)
-    test_scenes = np.concatenate([np.full(n_test_nl, -1),
-                                  rng.integers(0, n_cls, size=n_test - n_test_nl)])
+    test_scenes = np.concatenate(
+        [np.full(n_test_nl, -1), rng.integers(0, n_cls, size=n_test - n_test_nl)]
+    )
     test_scenes = rng.permutation(test_scenes)
     usage = np.array(["Private"] * n_test, dtype=object)
     usage[rng.permutation(n_test)[: round(n_test / 3)]] = "Public"
@@ -344,10 +385,10 @@ def _plan(params: dict[str, Any]) -> dict[str, Any]:
         "train_ids": [ids[i] for i in train_order],
         "train_labels": labels[train_order],
         "train_scenes": scenes[train_order],
-        "test_ids": ids[n_train:n_train + n_test],
+        "test_ids": ids[n_train : n_train + n_test],
         "test_scenes": test_scenes,
         "test_usage": usage,
-        "index_ids": ids[n_train + n_test:],
+        "index_ids": ids[n_train + n_test :],
         "index_scenes": index_scenes,
         "sizes": sizes,
     }
@@ -375,17 +416,24 @@ def _check_existing(output_dir: str, params: dict[str, Any]) -> dict[str, Any] |
         with open(marker, encoding="utf-8") as f:
             done = json.load(f)
         if done.get("params") != params:
-            changed = sorted(k for k in set(params) | set(done.get("params", {}))
-                             if params.get(k) != done.get("params", {}).get(k))
-            raise ValueError(f"{output_dir} already holds a synthetic data set made with other "
-                             f"parameters (differ: {', '.join(changed)}); use a new --output_dir")
+            changed = sorted(
+                k
+                for k in set(params) | set(done.get("params", {}))
+                if params.get(k) != done.get("params", {}).get(k)
+            )
+            raise ValueError(
+                f"{output_dir} already holds a synthetic data set made with other "
+                f"parameters (differ: {', '.join(changed)}); use a new --output_dir"
+            )
         return done["summary"]
     if os.path.exists(os.path.join(output_dir, IN_PROGRESS_FILE)):
         for split in ("train", "test", "index"):  # leftovers of an interrupted run
             shutil.rmtree(os.path.join(output_dir, split), ignore_errors=True)
     elif os.path.exists(os.path.join(output_dir, "train.csv")):
-        raise ValueError(f"{output_dir} holds a train.csv that this generator did not write; "
-                         "refusing to overwrite it")
+        raise ValueError(
+            f"{output_dir} holds a train.csv that this generator did not write; "
+            "refusing to overwrite it"
+        )
     return None
 
 
@@ -426,13 +474,31 @@ def generate_gldv2_like(
       num_train_nonlandmark_noise, num_clean_classes, num_clean_images, num_test,
       num_test_landmark, num_test_nonlandmark, num_index, class_size_min/median/max.
     """
-    _validate(num_classes, min_images, max_images, num_test, test_nonlandmark_fraction,
-              num_index, label_noise, nonlandmark_noise, image_size, seed)
+    _validate(
+        num_classes,
+        min_images,
+        max_images,
+        num_test,
+        test_nonlandmark_fraction,
+        num_index,
+        label_noise,
+        nonlandmark_noise,
+        image_size,
+        seed,
+    )
     params = _params_dict(
-        num_classes=num_classes, min_images=min_images, max_images=max_images,
-        num_test=num_test, test_nonlandmark_fraction=test_nonlandmark_fraction,
-        num_index=num_index, label_noise=label_noise, nonlandmark_noise=nonlandmark_noise,
-        image_size=image_size, seed=seed, format_version=FORMAT_VERSION)
+        num_classes=num_classes,
+        min_images=min_images,
+        max_images=max_images,
+        num_test=num_test,
+        test_nonlandmark_fraction=test_nonlandmark_fraction,
+        num_index=num_index,
+        label_noise=label_noise,
+        nonlandmark_noise=nonlandmark_noise,
+        image_size=image_size,
+        seed=seed,
+        format_version=FORMAT_VERSION,
+    )
     os.makedirs(output_dir, exist_ok=True)
     existing = _check_existing(output_dir, params)
     if existing is not None:
@@ -454,15 +520,22 @@ def generate_gldv2_like(
         return scene_cache[cls]
 
     jobs: list[tuple[str, str, int, int]] = []  # (split, id, scene class, kind code)
-    jobs += [("train", i, int(s), _KIND_TRAIN)
-             for i, s in zip(plan["train_ids"], plan["train_scenes"], strict=True)]
-    jobs += [("test", i, int(s), _KIND_TEST)
-             for i, s in zip(plan["test_ids"], plan["test_scenes"], strict=True)]
-    jobs += [("index", i, int(s), _KIND_INDEX)
-             for i, s in zip(plan["index_ids"], plan["index_scenes"], strict=True)]
+    jobs += [
+        ("train", i, int(s), _KIND_TRAIN)
+        for i, s in zip(plan["train_ids"], plan["train_scenes"], strict=True)
+    ]
+    jobs += [
+        ("test", i, int(s), _KIND_TEST)
+        for i, s in zip(plan["test_ids"], plan["test_scenes"], strict=True)
+    ]
+    jobs += [
+        ("index", i, int(s), _KIND_INDEX)
+        for i, s in zip(plan["index_ids"], plan["index_scenes"], strict=True)
+    ]
     made_dirs: set[str] = set()
     for n, (split, image_id, cls, kind) in enumerate(
-            tqdm(jobs, desc="synthetic GLDv2", unit="img", disable=not show_progress)):
+        tqdm(jobs, desc="synthetic GLDv2", unit="img", disable=not show_progress)
+    ):
         rng = np.random.default_rng([int(seed), kind, n])
         size = (base_h, base_w) if rng.uniform() < PORTRAIT_PROB else (base_w, base_h)
         image = render_view(scene_for(cls, rng), rng, size)
@@ -484,22 +557,36 @@ def generate_gldv2_like(
 def _write_csvs(output_dir: str, plan: dict[str, Any]) -> dict[str, Any]:
     lm_ids = plan["landmark_ids"]
     train_ids, labels, scenes = plan["train_ids"], plan["train_labels"], plan["train_scenes"]
-    _write_csv(os.path.join(output_dir, "train.csv"), ["id", "url", "landmark_id"],
-               [[i, f"https://synthetic.invalid/gldv2/train/{i}.jpg", int(lm_ids[c])]
-                for i, c in zip(train_ids, labels, strict=True)])
+    _write_csv(
+        os.path.join(output_dir, "train.csv"),
+        ["id", "url", "landmark_id"],
+        [
+            [i, f"https://synthetic.invalid/gldv2/train/{i}.jpg", int(lm_ids[c])]
+            for i, c in zip(train_ids, labels, strict=True)
+        ],
+    )
     clean: dict[int, list[str]] = {}
     for image_id, label, scene in zip(train_ids, labels, scenes, strict=True):
         if label == scene:
             clean.setdefault(int(lm_ids[label]), []).append(image_id)
     clean = {lm: ids for lm, ids in clean.items() if len(ids) >= 2}
-    _write_csv(os.path.join(output_dir, "train_clean.csv"), ["landmark_id", "images"],
-               [[lm, " ".join(clean[lm])] for lm in sorted(clean)])
+    _write_csv(
+        os.path.join(output_dir, "train_clean.csv"),
+        ["landmark_id", "images"],
+        [[lm, " ".join(clean[lm])] for lm in sorted(clean)],
+    )
     _write_csv(os.path.join(output_dir, "test.csv"), ["id"], [[i] for i in plan["test_ids"]])
     _write_csv(os.path.join(output_dir, "index.csv"), ["id"], [[i] for i in plan["index_ids"]])
-    _write_csv(os.path.join(output_dir, SOLUTION_FILE), ["id", "landmarks", "Usage"],
-               [[i, "" if s < 0 else int(lm_ids[s]), u]
-                for i, s, u in zip(plan["test_ids"], plan["test_scenes"], plan["test_usage"],
-                                   strict=True)])
+    _write_csv(
+        os.path.join(output_dir, SOLUTION_FILE),
+        ["id", "landmarks", "Usage"],
+        [
+            [i, "" if s < 0 else int(lm_ids[s]), u]
+            for i, s, u in zip(
+                plan["test_ids"], plan["test_scenes"], plan["test_usage"], strict=True
+            )
+        ],
+    )
     sizes = plan["sizes"]
     n_test_nl = int((plan["test_scenes"] < 0).sum())
     return {
@@ -530,8 +617,7 @@ def _parse_size(text: str) -> tuple[int, int]:
     return w, h
 
 
-def main(argv: list[str] | None = None,
-         generate: Callable[..., dict] = generate_gldv2_like) -> int:
+def main(argv: list[str] | None = None, generate: Callable[..., dict] = generate_gldv2_like) -> int:
     """Command-line entry point; returns the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output_dir", required=True)
@@ -543,8 +629,12 @@ def main(argv: list[str] | None = None,
     parser.add_argument("--num_index", type=int, default=100)
     parser.add_argument("--label_noise", type=float, default=0.0)
     parser.add_argument("--nonlandmark_noise", type=float, default=0.0)
-    parser.add_argument("--image_size", type=_parse_size, default=(160, 120),
-                        help="WIDTHxHEIGHT of landscape images, e.g. 160x120")
+    parser.add_argument(
+        "--image_size",
+        type=_parse_size,
+        default=(160, 120),
+        help="WIDTHxHEIGHT of landscape images, e.g. 160x120",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no_progress", action="store_true")
     args = vars(parser.parse_args(argv))
