@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import json
 import os
 
 import numpy as np
@@ -42,10 +43,62 @@ def save_embeddings(path: str, emb: EmbeddingSet, *, dtype=np.float32) -> None:
     os.replace(tmp, path)
 
 
+SHARD_SET = "shards.json"  # {"num_shards": P}: the folder is one set of P per-process shards
+
+
+def shard_path(directory: str, process_index: int) -> str:
+    """The shard of one process in a folder of per-process shards."""
+    return os.path.join(directory, f"part-{process_index:05d}.npz")
+
+
+def declare_shard_set(directory: str, num_shards: int) -> None:
+    """Records that ``directory`` holds exactly ``num_shards`` per-process shards.
+
+    Raises:
+      ValueError: the folder already declares another count (shards of a run
+        with another process count would mix into one set).
+    """
+    os.makedirs(directory, exist_ok=True)
+    meta = os.path.join(directory, SHARD_SET)
+    if os.path.exists(meta):
+        with open(meta) as f:
+            old = json.load(f)["num_shards"]
+        if old != num_shards:
+            raise ValueError(
+                f"{directory} holds a set of {old} shards, this run has {num_shards} processes: "
+                "remove the folder to re-embed"
+            )
+        return
+    with open(meta + ".tmp", "w") as f:
+        json.dump({"num_shards": num_shards}, f)
+    os.replace(meta + ".tmp", meta)
+
+
+def _shard_files(directory: str) -> list[str]:
+    files = sorted(glob.glob(os.path.join(directory, "*.npz")))
+    meta = os.path.join(directory, SHARD_SET)
+    if not os.path.exists(meta):
+        return files
+    with open(meta) as f:
+        n = json.load(f)["num_shards"]
+    expected = [shard_path(directory, p) for p in range(n)]
+    missing = [os.path.basename(f) for f in expected if not os.path.exists(f)]
+    if missing:
+        raise ValueError(f"{directory}: incomplete shard set, missing {missing} of {n}")
+    extra = sorted(set(files) - set(expected))
+    if extra:
+        raise ValueError(f"{directory}: files outside the set of {n} shards: {extra}")
+    return expected
+
+
 def load_embeddings(path: str) -> EmbeddingSet:
-    """One .npz file, or a folder (or glob) of .npz shards concatenated in name order."""
+    """One .npz file, or a folder (or glob) of .npz shards concatenated in name order.
+
+    A folder with ``shards.json`` (written by multi-process embedding) must hold
+    exactly its ``part-00000.npz`` .. ``part-<P-1>.npz``, else ValueError.
+    """
     if os.path.isdir(path):
-        files = sorted(glob.glob(os.path.join(path, "*.npz")))
+        files = _shard_files(path)
     elif any(ch in path for ch in "*?["):
         files = sorted(glob.glob(path))
     else:

@@ -10,12 +10,24 @@ ScaNN pulls in TensorFlow, so it is imported only when a tree index is built.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from typing import Any
 
 import numpy as np
 
-__all__ = ["NeighborIndex", "build_scann_index", "default_tree_params", "exact_search"]
+__all__ = [
+    "NeighborIndex",
+    "build_scann_index",
+    "default_tree_params",
+    "exact_search",
+    "load_index",
+]
+
+_META = "index.json"
+_EMBEDDINGS = "embeddings.npy"
+_SCANN_DIR = "scann"
 
 # Cap on the float32 score block of exact search (2**25 floats = 128 MiB).
 _MAX_BLOCK_ELEMENTS = 2**25
@@ -130,6 +142,11 @@ class NeighborIndex:
         self.reorder = reorder
 
     @property
+    def embeddings(self) -> np.ndarray:
+        """``[N, D]`` float32 database rows (the index's own reference)."""
+        return self._embeddings
+
+    @property
     def size(self) -> int:
         return int(self._embeddings.shape[0])
 
@@ -143,6 +160,32 @@ class NeighborIndex:
 
     def __repr__(self) -> str:
         return f"NeighborIndex(kind={self.kind!r}, size={self.size}, dim={self.dim})"
+
+    def save(self, directory: str) -> None:
+        """Writes the index to ``directory`` (``index.json``, ``embeddings.npy``
+        and, for a tree, ScaNN's serialized assets in ``scann/``); read it back
+        with :func:`load_index`. The metadata file is written last, so a
+        directory without it is an unfinished save."""
+        os.makedirs(directory, exist_ok=True)
+        meta_path = os.path.join(directory, _META)
+        if os.path.exists(meta_path):
+            os.remove(meta_path)
+        np.save(os.path.join(directory, _EMBEDDINGS), self._embeddings)
+        if self._searcher is not None:
+            scann_dir = os.path.join(directory, _SCANN_DIR)
+            os.makedirs(scann_dir, exist_ok=True)
+            self._searcher.serialize(scann_dir)
+        meta = {
+            "kind": self.kind,
+            "size": self.size,
+            "dim": self.dim,
+            "num_neighbors": self.num_neighbors,
+            "leaves_to_search": self.leaves_to_search,
+            "reorder": self.reorder,
+        }
+        with open(meta_path + ".tmp", "w") as f:
+            json.dump(meta, f, indent=1)
+        os.replace(meta_path + ".tmp", meta_path)
 
     def search(
         self, queries: np.ndarray, k: int | None = None, batch_size: int = 4096
@@ -270,4 +313,39 @@ def build_scann_index(
         searcher=searcher,
         leaves_to_search=params["leaves_to_search"],
         reorder=params["reorder"],
+    )
+
+
+def load_index(
+    directory: str, *, leaves_to_search: int | None = None, reorder: int | None = None
+) -> NeighborIndex:
+    """Reads an index written by :meth:`NeighborIndex.save`.
+
+    Args:
+      directory: the folder given to ``save``.
+      leaves_to_search, reorder: search-time overrides for a tree index.
+
+    Raises:
+      FileNotFoundError: no finished index in ``directory``.
+      ValueError: the stored embeddings do not match the metadata.
+    """
+    meta_path = os.path.join(directory, _META)
+    if not os.path.exists(meta_path):
+        raise FileNotFoundError(f"no saved index in {directory!r} (missing {_META})")
+    with open(meta_path) as f:
+        meta = json.load(f)
+    emb = np.load(os.path.join(directory, _EMBEDDINGS), allow_pickle=False)
+    if emb.shape != (meta["size"], meta["dim"]):
+        raise ValueError(f"{directory}: embeddings {emb.shape} do not match the metadata")
+    searcher = None
+    if meta["kind"] == "tree_ah":
+        import scann  # lazy: pulls in TensorFlow
+
+        searcher = scann.scann_ops_pybind.load_searcher(os.path.join(directory, _SCANN_DIR))
+    return NeighborIndex(
+        emb,
+        num_neighbors=meta["num_neighbors"],
+        searcher=searcher,
+        leaves_to_search=leaves_to_search or meta["leaves_to_search"],
+        reorder=reorder or meta["reorder"],
     )

@@ -1,0 +1,343 @@
+"""Standalone retrieval evaluation: ensemble, ScaNN, prediction, submission, GAP.
+
+    python -m gld_jax.retrieval.evaluate \\
+        --index runs/a/embeddings/train runs/b/embeddings/train \\
+        --queries runs/a/embeddings/test runs/b/embeddings/test --weights 1 1 \\
+        --mode nonlandmark_rerank --nonlandmark nl_a.npz nl_b.npz \\
+        --solution data/recognition_solution_v2.1.csv --output submission.csv \\
+        [--report report/ --tfrecord_dir runs/a/tfrecords] [--save_index DIR | --load_index DIR]
+
+(``scripts/evaluate_scann.py`` is the same CLI.) With ``--solution`` it prints
+``GAP <value>`` and ``GAP/Public``, ``GAP/Private`` lines (the format of
+``python -m gld_jax.metrics.gap``) and a one-line JSON summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from gld_jax.retrieval.embeddings import EmbeddingSet, load_embeddings
+from gld_jax.retrieval.ensemble import combine_embedding_sets, model_means
+from gld_jax.retrieval.index import NeighborIndex, build_scann_index, load_index
+from gld_jax.retrieval.predict import predict_knn_vote, predict_top1
+from gld_jax.retrieval.rerank import nonlandmark_similarity, predict_nonlandmark_rerank
+from gld_jax.retrieval.submission import write_submission
+
+__all__ = ["Evaluation", "evaluate_retrieval", "load_ensemble", "main"]
+
+MODES = ("top1", "knn_vote", "nonlandmark_rerank")
+_ROWS = "rows.npz"  # ids and labels of a saved index's rows
+_MEANS = "means.npz"  # per-model centring means of a saved index (--center)
+
+
+@dataclasses.dataclass
+class Evaluation:
+    """Everything a submission and a report need.
+
+    ``neighbor_rows`` index ``index_ids`` / ``index_labels``; ``labels`` < 0 means
+    no prediction.
+    """
+
+    query_ids: np.ndarray  # [Q] str
+    query_labels: np.ndarray  # [Q] int, -1 = non-landmark (or unknown)
+    labels: np.ndarray  # [Q] int64 predicted landmark
+    confidences: np.ndarray  # [Q] float32
+    neighbor_rows: np.ndarray  # [Q, k] int64 rows of the index
+    neighbor_sims: np.ndarray  # [Q, k] float32 cosines
+    index_ids: np.ndarray  # [N] str
+    index_labels: np.ndarray  # [N] int64
+    timings: dict
+
+
+def load_ensemble(
+    paths: Sequence[str],
+    weights: Sequence[float] | None,
+    means: Sequence[np.ndarray] | None = None,
+) -> EmbeddingSet:
+    """Loads one embedding set per model and combines them (see ensemble.py)."""
+    return combine_embedding_sets([load_embeddings(p) for p in paths], weights, means)
+
+
+def _save_rows(directory: str, emb: EmbeddingSet) -> None:
+    np.savez(os.path.join(directory, _ROWS), ids=emb.ids.astype(str), labels=emb.labels)
+
+
+def evaluate_retrieval(
+    queries: EmbeddingSet,
+    *,
+    index: EmbeddingSet | None = None,
+    searcher: NeighborIndex | None = None,
+    index_ids: np.ndarray | None = None,
+    index_labels: np.ndarray | None = None,
+    mode: str = "top1",
+    num_neighbors: int = 5,
+    nonlandmark: EmbeddingSet | None = None,
+    nonlandmark_neighbors: int = 10,
+    index_params: dict | None = None,
+) -> Evaluation:
+    """Searches every query in the index and predicts a landmark per query.
+
+    Args:
+      queries: ``[Q, D]`` L2-normalised query embeddings.
+      index: labelled ``[N, D]`` embeddings (rows with label < 0 are dropped);
+        or give a prebuilt ``searcher`` with its ``index_ids``/``index_labels``.
+      mode: ``top1``, ``knn_vote`` or ``nonlandmark_rerank``.
+      num_neighbors: k of the index search.
+      nonlandmark: ``[M, D]`` non-landmark embeddings (``nonlandmark_rerank`` only).
+      nonlandmark_neighbors: k of B and C (mean cosine to the k nearest non-landmarks).
+      index_params: keyword overrides for :func:`build_scann_index`.
+
+    Returns:
+      An :class:`Evaluation`.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; known: {list(MODES)}")
+    if mode == "nonlandmark_rerank" and (nonlandmark is None or len(nonlandmark) == 0):
+        raise ValueError("mode nonlandmark_rerank needs a non-empty non-landmark set")
+    timings: dict = {}
+    if searcher is None:
+        if index is None:
+            raise ValueError("give index embeddings or a searcher")
+        index = index.select(index.labels >= 0)
+        if len(index) == 0:
+            raise ValueError("the index has no labelled rows")
+        t0 = time.perf_counter()
+        searcher = build_scann_index(
+            np.asarray(index.embeddings, np.float32),
+            num_neighbors=num_neighbors,
+            **(index_params or {}),
+        )
+        timings["build_s"] = round(time.perf_counter() - t0, 3)
+        index_ids, index_labels = index.ids, index.labels
+    if searcher.dim != queries.embeddings.shape[1]:
+        raise ValueError(
+            f"dim mismatch: index {searcher.dim}, queries {queries.embeddings.shape[1]}"
+        )
+    t0 = time.perf_counter()
+    rows, sims = searcher.search(np.asarray(queries.embeddings, np.float32), num_neighbors)
+    timings["search_s"] = round(time.perf_counter() - t0, 3)
+    nn_labels = np.asarray(index_labels)[rows]
+    if mode == "top1":
+        labels, conf = predict_top1(nn_labels, sims)
+    elif mode == "knn_vote":
+        labels, conf = predict_knn_vote(nn_labels, sims)
+    else:
+        t0 = time.perf_counter()
+        nl_index = build_scann_index(np.asarray(nonlandmark.embeddings, np.float32))
+        # B only for the index rows that some query retrieved: the rest never matter.
+        used, inverse = np.unique(rows, return_inverse=True)
+        b_used = nonlandmark_similarity(
+            nl_index,
+            searcher.embeddings[used],
+            nonlandmark_neighbors,
+            ids=np.asarray(index_ids)[used],
+            nonlandmark_ids=nonlandmark.ids,
+        )
+        c = nonlandmark_similarity(
+            nl_index,
+            queries.embeddings,
+            nonlandmark_neighbors,
+            ids=queries.ids,
+            nonlandmark_ids=nonlandmark.ids,
+        )
+        labels, conf = predict_nonlandmark_rerank(
+            nn_labels, sims, b_used[inverse.reshape(rows.shape)], c
+        )
+        timings["rerank_s"] = round(time.perf_counter() - t0, 3)
+    return Evaluation(
+        query_ids=queries.ids,
+        query_labels=queries.labels,
+        labels=np.asarray(labels, np.int64),
+        confidences=np.asarray(conf, np.float32),
+        neighbor_rows=rows,
+        neighbor_sims=sims,
+        index_ids=np.asarray(index_ids),
+        index_labels=np.asarray(index_labels, np.int64),
+        timings=timings,
+    )
+
+
+def gap_scores(ev: Evaluation, solution_path: str) -> dict[str, float]:
+    """GAP overall (Public + Private rows) and per Usage when the CSV has one."""
+    from gld_jax.metrics.gap import _read_solution_rows, global_average_precision
+
+    predictions = {
+        i: (int(lab), float(c))
+        for i, lab, c in zip(ev.query_ids.tolist(), ev.labels, ev.confidences, strict=True)
+        if lab >= 0
+    }
+    rows, has_usage = _read_solution_rows(solution_path)
+    out = {
+        "GAP": global_average_precision(predictions, {i: s for i, s, u in rows if u != "Ignored"})
+    }
+    if has_usage:
+        for usage in ("Public", "Private"):
+            split = {i: s for i, s, u in rows if u == usage}
+            out[f"GAP/{usage}"] = global_average_precision(predictions, split)
+    return out
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m gld_jax.retrieval.evaluate",
+        description="Ensemble retrieval with ScaNN -> Kaggle submission, GAP and a report.",
+    )
+    p.add_argument("--index", nargs="+", help="index embedding set per model (.npz or folder)")
+    p.add_argument("--queries", nargs="+", required=True, help="query (test) set per model")
+    p.add_argument("--weights", nargs="+", type=float, help="weight per model (default 1 each)")
+    p.add_argument("--mode", default="top1", choices=MODES)
+    p.add_argument("--num_neighbors", type=int, default=5, help="k of the index search")
+    p.add_argument("--nonlandmark", nargs="+", help="non-landmark embedding set per model")
+    p.add_argument("--nonlandmark_neighbors", type=int, default=10, help="k of B and C")
+    p.add_argument(
+        "--center",
+        action="store_true",
+        help="subtract each model's mean index embedding before re-normalising",
+    )
+    p.add_argument("--solution", help="recognition_solution_v2.1.csv: print GAP lines")
+    p.add_argument("--output", required=True, help="submission CSV to write")
+    p.add_argument("--report", help="folder for an HTML report (needs --tfrecord_dir for images)")
+    p.add_argument("--tfrecord_dir", help="TFRecords with the train and test images (report)")
+    p.add_argument("--report_queries", type=int, default=24, help="queries in the report's grid")
+    p.add_argument("--save_index", help="folder to save the built index into")
+    p.add_argument("--load_index", help="folder of a saved index (then --index is not needed)")
+    p.add_argument("--brute_force_threshold", type=int, default=20_000)
+    p.add_argument("--num_leaves", type=int)
+    p.add_argument("--leaves_to_search", type=int)
+    p.add_argument("--reorder", type=int)
+    p.add_argument("--training_sample_size", type=int)
+    return p
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    n = len(args.queries)
+    if args.load_index is None and not args.index:
+        raise ValueError("give --index (one embedding set per model) or --load_index")
+    if args.load_index is not None and args.save_index is not None:
+        raise ValueError("--save_index and --load_index exclude each other")
+    if args.index and len(args.index) != n:
+        raise ValueError(f"{len(args.index)} --index sets but {n} --queries sets (one per model)")
+    if args.weights is not None and len(args.weights) != n:
+        raise ValueError(f"{len(args.weights)} --weights for {n} models")
+    if args.mode == "nonlandmark_rerank":
+        if not args.nonlandmark:
+            raise ValueError("--mode nonlandmark_rerank needs --nonlandmark (one set per model)")
+        if len(args.nonlandmark) != n:
+            raise ValueError(f"{len(args.nonlandmark)} --nonlandmark sets for {n} models")
+    if args.num_neighbors < 1 or args.nonlandmark_neighbors < 1:
+        raise ValueError("--num_neighbors and --nonlandmark_neighbors must be >= 1")
+    if args.report and not args.tfrecord_dir:
+        raise ValueError("--report needs --tfrecord_dir (the images come from the TFRecords)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        _check_args(args)
+        means = None
+        index = None
+        if args.load_index:
+            means_path = os.path.join(args.load_index, _MEANS)
+            if args.center != os.path.exists(means_path):
+                how = "without" if args.center else "with"
+                raise ValueError(
+                    f"{args.load_index} was saved {how} --center; search it {how} --center too"
+                )
+            if args.center:
+                with np.load(means_path, allow_pickle=False) as z:
+                    means = [z[f"m{i}"] for i in range(len(z.files))]
+        else:
+            index_sets = [load_embeddings(p) for p in args.index]
+            if args.center:
+                means = model_means([s.select(s.labels >= 0) for s in index_sets])
+            index = combine_embedding_sets(index_sets, args.weights, means)
+        queries = load_ensemble(args.queries, args.weights, means)
+        nonlandmark = (
+            load_ensemble(args.nonlandmark, args.weights, means)
+            if args.mode == "nonlandmark_rerank"
+            else None
+        )
+        index_params = {
+            k: getattr(args, k)
+            for k in ("num_leaves", "leaves_to_search", "reorder", "training_sample_size")
+            if getattr(args, k) is not None
+        }
+        common = dict(
+            mode=args.mode,
+            num_neighbors=args.num_neighbors,
+            nonlandmark=nonlandmark,
+            nonlandmark_neighbors=args.nonlandmark_neighbors,
+        )
+        timings = {}
+        if args.load_index:
+            searcher = load_index(
+                args.load_index, leaves_to_search=args.leaves_to_search, reorder=args.reorder
+            )
+            with np.load(os.path.join(args.load_index, _ROWS), allow_pickle=False) as z:
+                ids, labels = z["ids"], z["labels"]
+        else:
+            labelled = index.select(index.labels >= 0)
+            if len(labelled) == 0:
+                raise ValueError("the index has no labelled rows")
+            t0 = time.perf_counter()
+            searcher = build_scann_index(
+                np.asarray(labelled.embeddings, np.float32),
+                num_neighbors=args.num_neighbors,
+                brute_force_threshold=args.brute_force_threshold,
+                **index_params,
+            )
+            timings["build_s"] = round(time.perf_counter() - t0, 3)
+            ids, labels = labelled.ids, labelled.labels
+            if args.save_index:
+                searcher.save(args.save_index)
+                _save_rows(args.save_index, labelled)
+                if means is not None:
+                    np.savez(
+                        os.path.join(args.save_index, _MEANS),
+                        **{f"m{i}": m for i, m in enumerate(means)},
+                    )
+        ev = evaluate_retrieval(
+            queries, searcher=searcher, index_ids=ids, index_labels=labels, **common
+        )
+        ev.timings = {**timings, **ev.timings}
+        write_submission(args.output, ev.query_ids.tolist(), ev.labels, ev.confidences)
+        scores = gap_scores(ev, args.solution) if args.solution else {}
+        for key, value in scores.items():
+            print(f"{key} {value:.6f}")
+        if args.report:
+            from gld_jax.retrieval.report import write_report
+
+            write_report(
+                args.report,
+                ev,
+                solution_path=args.solution,
+                tfrecord_dir=args.tfrecord_dir,
+                num_queries=args.report_queries,
+                title=f"{args.mode}, {len(args.queries)} model(s)",
+            )
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    summary = {
+        "mode": args.mode,
+        "models": len(args.queries),
+        "queries": len(ev.query_ids),
+        "index_size": len(ev.index_ids),
+        "submission": args.output,
+        **{k.lower().replace("/", "_"): round(v, 6) for k, v in scores.items()},
+        **ev.timings,
+    }
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
