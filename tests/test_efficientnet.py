@@ -20,8 +20,14 @@ from gld_jax.models.registry import BACKBONES, backbone_names, create_backbone
 # Trainable / total parameter counts of keras.applications.EfficientNetB{i}(weights=None,
 # include_top=False), measured with Keras 3.15 on 2026-11-27 (sum of trainable_weights).
 KERAS_TRAINABLE = {
-    "b0": 4_007_548, "b1": 6_513_184, "b2": 7_700_994, "b3": 10_696_232,
-    "b4": 17_548_616, "b5": 28_340_784, "b6": 40_735_704, "b7": 63_786_960,
+    "b0": 4_007_548,
+    "b1": 6_513_184,
+    "b2": 7_700_994,
+    "b3": 10_696_232,
+    "b4": 17_548_616,
+    "b5": 28_340_784,
+    "b6": 40_735_704,
+    "b7": 63_786_960,
 }
 # A shallow table, the first three stages with 1, 2, 1 blocks: covers no-expand and
 # expand blocks, k=3 and k=5, stride 1 and 2, and an identity skip with drop path.
@@ -41,8 +47,14 @@ def _randomize_keras_bn(model, seed):
     for layer in model.layers:
         if type(layer).__name__ == "BatchNormalization":
             c = layer.gamma.shape[0]
-            layer.set_weights([rng.uniform(0.5, 1.5, c), rng.normal(0, 0.2, c),
-                               rng.normal(0, 0.2, c), rng.uniform(0.5, 1.5, c)])
+            layer.set_weights(
+                [
+                    rng.uniform(0.5, 1.5, c),
+                    rng.normal(0, 0.2, c),
+                    rng.normal(0, 0.2, c),
+                    rng.uniform(0.5, 1.5, c),
+                ]
+            )
 
 
 def _after_preprocessing(keras, model):
@@ -54,9 +66,14 @@ def _keras_generic(keras, width, depth, blocks, shape, drop_connect_rate=0.2):
     from keras.src.applications.efficientnet import EfficientNet as KerasEfficientNet
 
     return KerasEfficientNet(
-        width, depth, 224, drop_connect_rate=drop_connect_rate,
+        width,
+        depth,
+        224,
+        drop_connect_rate=drop_connect_rate,
         blocks_args=[dataclasses.asdict(b) for b in blocks],
-        include_top=False, weights=None, input_shape=shape,
+        include_top=False,
+        weights=None,
+        input_shape=shape,
     )
 
 
@@ -72,8 +89,7 @@ def _forward(model, x):
 def keras_b0():
     """Keras B0 on a 72x57 input (odd and even sizes at stride-2 layers), random BN."""
     keras = _keras()
-    km = keras.applications.EfficientNetB0(weights=None, include_top=False,
-                                           input_shape=(72, 57, 3))
+    km = keras.applications.EfficientNetB0(weights=None, include_top=False, input_shape=(72, 57, 3))
     _randomize_keras_bn(km, seed=0)
     return km
 
@@ -119,7 +135,8 @@ def test_b0_forward_matches_keras_in_eval_mode(keras_b0):
 def test_b0_drop_rates_grow_linearly_as_keras(keras_b0):
     keras_rates = {
         layer.name.removesuffix("_drop"): layer.rate
-        for layer in keras_b0.layers if layer.name.endswith("_drop")
+        for layer in keras_b0.layers
+        if layer.name.endswith("_drop")
     }
     ours = nnx.eval_shape(lambda: EfficientNet("b0", rngs=nnx.Rngs(0)))
     our_rates = {
@@ -141,7 +158,14 @@ def test_shallow_b3_forward_matches_keras():
     ref = np.asarray(_after_preprocessing(keras, km)(x, training=False))
     ours = EfficientNet("b3", blocks_args=SHALLOW, rngs=nnx.Rngs(0))
     assert ours.block_names == (
-        "block1a", "block1b", "block2a", "block2b", "block2c", "block3a", "block3b")
+        "block1a",
+        "block1b",
+        "block2a",
+        "block2b",
+        "block2c",
+        "block3a",
+        "block3b",
+    )
     load_keras_efficientnet(ours, km)
     ours.eval()
     out = np.asarray(_forward(ours, jnp.asarray(x)))
@@ -178,15 +202,18 @@ def shallow_grads():
 
     out = {}
     for remat in (False, True):
-        model = EfficientNet("b0", blocks_args=SHALLOW, drop_path_rate=0.5, remat=remat,
-                             rngs=nnx.Rngs(0))
+        model = EfficientNet(
+            "b0", blocks_args=SHALLOW, drop_path_rate=0.5, remat=remat, rngs=nnx.Rngs(0)
+        )
         out[remat] = nnx.jit(nnx.value_and_grad(loss))(model)
     return out
 
 
 def test_gradients_reach_every_parameter_in_train_mode(shallow_grads):
-    rms = {path: float(np.sqrt(np.mean(np.asarray(g[...], np.float64) ** 2)))
-           for path, g in nnx.to_flat_state(shallow_grads[False][1])}
+    rms = {
+        path: float(np.sqrt(np.mean(np.asarray(g[...], np.float64) ** 2)))
+        for path, g in nnx.to_flat_state(shallow_grads[False][1])
+    }
     # stem+top: 2 convs + 2 BN x 2 = 6; block1a (no expand): dw, bn x2, se x4, proj,
     # bn x2 = 10; blocks 2a, 2b, 3a add expand conv + bn x2 = 13 each.
     assert len(rms) == 6 + 10 + 3 * 13
@@ -216,24 +243,36 @@ def test_modes_switch_batch_stats_and_drop_path():
     # Train mode (the default after construction): BN stats move.
     fwd(model, x)
     stats1 = jax.tree.map(np.asarray, nnx.state(model, nnx.BatchStat))
-    assert all(not np.array_equal(a, b) for a, b in
-               zip(jax.tree.leaves(stats0), jax.tree.leaves(stats1), strict=True))
+    assert all(
+        not np.array_equal(a, b)
+        for a, b in zip(jax.tree.leaves(stats0), jax.tree.leaves(stats1), strict=True)
+    )
 
     # BN frozen but drop path on: outputs differ call to call (fresh per-sample masks).
     frozen_bn = nnx.view(model, use_running_average=True)
     a, b = np.asarray(fwd(frozen_bn, x)), np.asarray(fwd(frozen_bn, x))
     assert not np.allclose(a, b)
-    assert all(np.array_equal(u, v) for u, v in zip(
-        jax.tree.leaves(stats1),
-        jax.tree.leaves(jax.tree.map(np.asarray, nnx.state(model, nnx.BatchStat))), strict=True))
+    assert all(
+        np.array_equal(u, v)
+        for u, v in zip(
+            jax.tree.leaves(stats1),
+            jax.tree.leaves(jax.tree.map(np.asarray, nnx.state(model, nnx.BatchStat))),
+            strict=True,
+        )
+    )
 
     # Eval: deterministic, stats untouched.
     model.eval()
     a, b = np.asarray(fwd(model, x)), np.asarray(fwd(model, x))
     np.testing.assert_array_equal(a, b)
-    assert all(np.array_equal(u, v) for u, v in zip(
-        jax.tree.leaves(stats1),
-        jax.tree.leaves(jax.tree.map(np.asarray, nnx.state(model, nnx.BatchStat))), strict=True))
+    assert all(
+        np.array_equal(u, v)
+        for u, v in zip(
+            jax.tree.leaves(stats1),
+            jax.tree.leaves(jax.tree.map(np.asarray, nnx.state(model, nnx.BatchStat))),
+            strict=True,
+        )
+    )
 
 
 def test_bfloat16_compute_keeps_float32_params_and_output():
@@ -259,8 +298,9 @@ def test_keras_import_rejects_mismatch_and_writes_nothing(keras_b0):
         def __init__(self, name, weights):
             self.name, self.weights = name, weights
 
-    layers = [L(layer.name, [W(w.name, w.numpy()) for w in layer.weights])
-              for layer in keras_b0.layers]
+    layers = [
+        L(layer.name, [W(w.name, w.numpy()) for w in layer.weights]) for layer in keras_b0.layers
+    ]
     by_name = {layer.name: layer for layer in layers}
     by_name["stem_bn"].weights.pop()  # moving_variance missing
     by_name["top_conv"].weights.append(W("bias", np.zeros(1280, np.float32)))
@@ -276,13 +316,19 @@ def test_keras_import_rejects_mismatch_and_writes_nothing(keras_b0):
     assert "stem_bn/moving_variance" in msg and "top_conv/bias" in msg
     assert "block2a_dwconv/kernel" in msg
     after = jax.tree.map(np.asarray, nnx.state(ours, weights))
-    assert all(np.array_equal(a, b) for a, b in
-               zip(jax.tree.leaves(before), jax.tree.leaves(after), strict=True))
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after), strict=True)
+    )
 
 
 def test_registry_creates_backbones_and_rejects_unknown():
     names = backbone_names()
-    assert names == [f"efficientnet_b{i}" for i in range(8)]
+    assert names == [f"efficientnet_b{i}" for i in range(8)] + [
+        "resnest101",
+        "resnest200",
+        "resnest50",
+    ]
     assert BACKBONES["efficientnet_b3"].default_resolution == 300
     module, dim = create_backbone("efficientnet_b0", rngs=nnx.Rngs(0), drop_path_rate=0.1)
     assert isinstance(module, EfficientNet) and dim == module.feature_dim == 1280

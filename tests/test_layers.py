@@ -20,8 +20,13 @@ from gld_jax.models.layers import (
 def _lax_oracle(x, k, strides, padding, groups):
     # lax's own "SAME"/"VALID" (lax.padtype_to_pads), independent of our same_padding.
     return lax.conv_general_dilated(
-        x, k, (strides, strides), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        feature_group_count=groups, precision=lax.Precision.HIGHEST,
+        x,
+        k,
+        (strides, strides),
+        padding,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=groups,
+        precision=lax.Precision.HIGHEST,
     )
 
 
@@ -42,6 +47,10 @@ CASES = [
     ("depthwise", 3, 2, 8, 9, ((0, 1), (2, 1))),
     ("dense", 3, 2, 9, 8, "SAME"),
     ("dense", 3, 1, 6, 7, ((1, 0), (0, 2))),
+    # Grouped (2 groups, not depthwise: ResNeSt's split-attention conv), run per group.
+    ("grouped", 3, 1, 8, 7, ((1, 1), (1, 1))),
+    ("grouped", 3, 2, 9, 8, "SAME"),
+    ("grouped", 1, 1, 7, 7, "VALID"),
 ]
 
 
@@ -49,7 +58,7 @@ CASES = [
 def test_einsum_shift_matches_lax_forward_and_grad(kind, k, s, h, w, padding):
     rng = np.random.default_rng(k * 100 + s * 10 + h + w)
     cin = 6
-    cout, groups = (cin, cin) if kind == "depthwise" else (5, 1)
+    cout, groups = {"depthwise": (cin, cin), "dense": (5, 1), "grouped": (4, 2)}[kind]
     x = jnp.asarray(rng.normal(size=(2, h, w, cin)), jnp.float32)
     kern = jnp.asarray(rng.normal(size=(k, k, cin // groups, cout)), jnp.float32)
     ct = None
@@ -90,8 +99,11 @@ def test_same_padding_is_tensorflow_same(n, k, s):
     x = rng.normal(size=(1, n, n, 4)).astype(np.float32)
     kern = rng.normal(size=(k, k, 4, 1)).astype(np.float32)
     ref = tf.nn.depthwise_conv2d(x, kern, (1, s, s, 1), "SAME").numpy()
-    ours = jax.jit(lambda x, k: conv2d(x, k, strides=s, padding="SAME", feature_group_count=4,
-                                       impl="einsum_shift"))(x, kern.transpose(0, 1, 3, 2))
+    ours = jax.jit(
+        lambda x, k: conv2d(
+            x, k, strides=s, padding="SAME", feature_group_count=4, impl="einsum_shift"
+        )
+    )(x, kern.transpose(0, 1, 3, 2))
     np.testing.assert_allclose(ours, ref, atol=1e-5, rtol=1e-5)
     # TF rule written out: extra pixel goes at the bottom/right.
     total = max((-(-n // s) - 1) * s + k - n, 0)
@@ -111,6 +123,12 @@ def test_auto_picks_cheap_forms_on_cpu():
     assert conv not in _primitives(dw, x, jnp.ones((3, 3, 1, 4)))
     assert conv in _primitives(lambda x, k: conv2d(x, k), x, jnp.ones((3, 3, 4, 8)))
     assert conv in _primitives(lambda x, k: conv2d(x, k, impl="lax"), x, jnp.ones((1, 1, 4, 8)))
+    # A 2-group 3x3 conv: two dense convs, no grouped one.
+    eqns = jax.make_jaxpr(lambda x, k: conv2d(x, k, feature_group_count=2))(
+        x, jnp.ones((3, 3, 2, 8))
+    ).jaxpr.eqns
+    groups = [e.params["feature_group_count"] for e in eqns if e.primitive.name == conv]
+    assert groups == [1, 1]
 
 
 def test_conv2d_rejects_bad_arguments():
@@ -119,8 +137,6 @@ def test_conv2d_rejects_bad_arguments():
         conv2d(x, jnp.ones((1, 1, 4, 4)), impl="fast")
     with pytest.raises(ValueError, match="channels"):
         conv2d(x, jnp.ones((1, 1, 3, 4)))
-    with pytest.raises(NotImplementedError):
-        conv2d(x, jnp.ones((3, 3, 2, 4)), feature_group_count=2, impl="einsum_shift")
 
 
 def test_conv_modules_params_dtype_and_init_scale():

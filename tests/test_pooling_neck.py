@@ -62,8 +62,11 @@ def test_neck_matches_numpy_in_train_and_eval(activation):
     neck = EmbeddingNeck(24, dim=8, activation=activation, rngs=nnx.Rngs(0))
     w, b = np.asarray(neck.linear.kernel[...]), np.asarray(neck.linear.bias[...])
     assert w.shape == (24, 8)
-    act = (lambda z: z / (1 + np.exp(-z))) if activation == "swish" else (
-        lambda z: np.where(z >= 0, z, 0.25 * z))
+    act = (
+        (lambda z: z / (1 + np.exp(-z)))
+        if activation == "swish"
+        else (lambda z: np.where(z >= 0, z, 0.25 * z))
+    )
     z = x @ w + b
     # Train: biased batch variance (as PyTorch BN1d normalises), eps 1e-5.
     mu, var = z.mean(0), z.var(0)

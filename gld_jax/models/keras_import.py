@@ -94,8 +94,13 @@ def load_keras_efficientnet(model: EfficientNet, keras_model: Any) -> None:
       ValueError listing every missing, unexpected and mis-shaped weight; in that
       case ``model`` is left untouched.
     """
+    load_keras_weight_dict(model, _keras_weights(keras_model))
+
+
+def load_keras_weight_dict(model: EfficientNet, source: dict[str, np.ndarray]) -> None:
+    """As ``load_keras_efficientnet``, from {'layer/weight': array} (e.g. read from a
+    .h5/.keras file by ``weight_files.read_keras_weights``, preprocessing removed)."""
     targets = keras_weight_targets(model)
-    source = _keras_weights(keras_model)
     missing = sorted(set(targets) - set(source))
     unexpected = sorted(set(source) - set(targets))
     converted: dict[str, np.ndarray] = {}

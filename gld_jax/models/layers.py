@@ -142,9 +142,14 @@ def _depthwise_input_grad(g, kernel, x_shape, strides, pads):
     extra_w = x_shape[2] + pl + pr - (sw * (wo - 1) + kw)
     zero = jnp.zeros((), g.dtype)
     gp = lax.pad(
-        g, zero,
-        ((0, 0, 0), (kh - 1, kh - 1 + extra_h, sh - 1), (kw - 1, kw - 1 + extra_w, sw - 1),
-         (0, 0, 0)),
+        g,
+        zero,
+        (
+            (0, 0, 0),
+            (kh - 1, kh - 1 + extra_h, sh - 1),
+            (kw - 1, kw - 1 + extra_w, sw - 1),
+            (0, 0, 0),
+        ),
     )
     dxp = _depthwise_forward(gp, kernel[::-1, ::-1], (1, 1), ((0, 0), (0, 0)))
     return dxp[:, pt : pt + x_shape[1], pl : pl + x_shape[2], :]
@@ -203,8 +208,12 @@ def conv2d(
       impl: "lax" = ``lax.conv_general_dilated``; "einsum_shift" = einsum for
         dense convs (sum over taps for k > 1) and shifted multiplies for
         depthwise (multiplier 1; custom VJP, so first-order gradients only);
+        other grouped convs run group by group in the dense form;
         "auto" = lax on GPU/TPU, and on CPU
-        einsum_shift for 1x1 dense and depthwise convs, lax for the rest.
+        einsum_shift for 1x1 dense and depthwise convs, lax for the rest,
+        except that grouped (not depthwise) convs run as one dense conv per
+        group (XLA:CPU's grouped conv is ~5x slower: fwd+bwd of a 3x3, 2-group,
+        128 -> 256 conv on [16, 28, 28, 128]: 1.43 s vs 0.28 s).
 
     Returns:
       [N, Ho, Wo, Cout] in the promoted dtype of x and kernel.
@@ -223,19 +232,25 @@ def conv2d(
 
     dense = groups == 1
     depthwise = groups == cin and kin == 1 and cout == cin and groups > 1
+    on_cpu = jax.default_backend() == "cpu"
+    if not dense and not depthwise and (impl == "einsum_shift" or (impl == "auto" and on_cpu)):
+        # One dense conv per group (input and output channels split alike), each in
+        # the form ``impl`` picks for a dense conv of that shape.
+        xs = jnp.split(x, groups, axis=-1)
+        ks = jnp.split(kernel, groups, axis=-1)
+        outs = [
+            conv2d(a, b, strides=strides, padding=pads, impl=impl)
+            for a, b in zip(xs, ks, strict=True)
+        ]
+        return jnp.concatenate(outs, axis=-1)
     if impl == "auto":
         cheap = (dense and kh == kw == 1) or depthwise
-        impl = "einsum_shift" if cheap and jax.default_backend() == "cpu" else "lax"
+        impl = "einsum_shift" if cheap and on_cpu else "lax"
     if impl == "lax":
         return _conv_lax(x, kernel, strides, pads, groups)
     if dense:
         return _conv_shift_dense(x, kernel, strides, pads)
-    if depthwise:
-        return _conv_shift_depthwise(x, kernel, strides, pads)
-    raise NotImplementedError(
-        f"impl='einsum_shift' covers dense and depthwise (multiplier 1) convs, not "
-        f"groups={groups} with kernel {kernel.shape}; use impl='lax'"
-    )
+    return _conv_shift_depthwise(x, kernel, strides, pads)
 
 
 Initializer = Callable[[jax.Array, tuple[int, ...], jnp.dtype], jax.Array]

@@ -1,6 +1,6 @@
 """Backbone registry: one table from names to constructors and default resolutions.
 
-Add a backbone (e.g. ResNeSt) by adding a ``BackboneInfo`` row to ``BACKBONES``;
+Add a backbone by adding a ``BackboneInfo`` row to ``BACKBONES``;
 its constructor takes ``(rngs=, dtype=, drop_path_rate=, remat=, conv_impl=)`` and returns a
 module with a ``feature_dim`` attribute mapping [N,H,W,3] -> [N,h,w,feature_dim].
 """
@@ -16,6 +16,7 @@ from flax import nnx
 
 from gld_jax.models.efficientnet import EfficientNet, efficientnet_variants
 from gld_jax.models.layers import ConvImpl
+from gld_jax.models.resnest import RESNEST_VARIANTS, ResNeSt
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +36,14 @@ def _efficientnet_rows() -> dict[str, BackboneInfo]:
     return rows
 
 
-BACKBONES: dict[str, BackboneInfo] = {**_efficientnet_rows()}
+def _resnest_rows() -> dict[str, BackboneInfo]:
+    return {
+        name: BackboneInfo(name, functools.partial(ResNeSt, name), a.default_resolution)
+        for name, a in RESNEST_VARIANTS.items()
+    }
+
+
+BACKBONES: dict[str, BackboneInfo] = {**_efficientnet_rows(), **_resnest_rows()}
 
 
 def backbone_names() -> list[str]:
