@@ -19,6 +19,8 @@ import time
 from absl import flags
 from ml_collections import config_flags
 
+from gld_jax.utils.cli import parse_flags
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (local path or gs://...).")
 _MODE = flags.DEFINE_enum("mode", "all", ["all", "train", "embed", "evaluate"], "What to run.")
@@ -30,26 +32,7 @@ log = logging.getLogger("gld_jax")
 
 EXIT_USAGE = 2
 EXIT_DIVERGED = 3
-
-
-def _parse_flags(argv: list[str]) -> None:
-    """absl parsing, but a bad flag or config key is one line, not a traceback."""
-    try:
-        flags.FLAGS(argv)
-    except (
-        flags.Error,
-        AttributeError,
-        KeyError,
-        ValueError,
-        TypeError,
-        FileNotFoundError,
-        OSError,
-        SyntaxError,
-    ) as e:
-        msg = str(e).strip().strip('"').strip("'")
-        raise SystemExit(f"error: {msg}") from None
-    if _CONFIG.value is None:
-        raise SystemExit("error: --config is required, e.g. --config configs/demo.py")
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpoint saved on SIGTERM, rerun to resume
 
 
 def _default_workdir(config_path: str) -> str:
@@ -59,7 +42,7 @@ def _default_workdir(config_path: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
-    _parse_flags(argv)
+    parse_flags(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"
     )
@@ -70,10 +53,14 @@ def main(argv: list[str] | None = None) -> int:
     import jax
 
     from gld_jax.config import ConfigError, validate_config
+    from gld_jax.train.distributed import maybe_initialize_distributed
+    from gld_jax.train.preemption import TrainingPreempted
     from gld_jax.train.trainer import TrainingDiverged
 
     config = _CONFIG.value
     workdir = _WORKDIR.value or _default_workdir(flags.FLAGS["config"].config_filename)
+    maybe_initialize_distributed(config.distributed)
+    _enable_compilation_cache(workdir)
     try:
         validate_config(config, num_devices=jax.device_count(), process_count=jax.process_count())
     except ConfigError as e:
@@ -84,11 +71,24 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_DIVERGED
+    except TrainingPreempted as e:
+        print(f"preempted: {e}", file=sys.stderr)
+        return EXIT_PREEMPTED
     except (FileNotFoundError, NotADirectoryError, PermissionError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     print(json.dumps(summary))
     return 0
+
+
+def _enable_compilation_cache(workdir: str) -> None:
+    """Persistent XLA cache beside the run, so a rerun or resume skips compiles."""
+    import jax
+
+    if "://" in workdir:  # remote workdirs: leave the cache to the user
+        return
+    jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "xla_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
 def run(config, workdir: str, *, mode: str = "all", stop_after_steps: int | None = None) -> dict:

@@ -15,7 +15,13 @@ import numpy as np
 
 from gld_jax.data.prepare import prepare_data, resolve_dirs
 from gld_jax.metrics import global_average_precision, read_solution
-from gld_jax.retrieval.embeddings import EmbeddingSet, load_embeddings, save_embeddings
+from gld_jax.retrieval.embeddings import (
+    EmbeddingSet,
+    declare_shard_set,
+    load_embeddings,
+    save_embeddings,
+    shard_path,
+)
 from gld_jax.retrieval.extract import Embedder
 from gld_jax.retrieval.recognize import recognize
 from gld_jax.retrieval.submission import write_submission
@@ -45,6 +51,7 @@ def _eval_split(config, tfrecord_dir, plan: StagePlan, split: str, embedder: Emb
         label_set=plan.label_set,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
+        dct_scaling=config.input.dct_scaling,
     )
     manifest = input_pipeline.read_manifest(tfrecord_dir)
     total = manifest["splits"][split]["num_examples"]
@@ -84,17 +91,28 @@ def embeddings_dir(workdir: str) -> str:
 
 def embed_splits(config, tfrecord_dir: str, mesh, model, plan: StagePlan, workdir: str) -> None:
     """Writes <workdir>/embeddings/{train,test}/part-<process>.npz (index = the
-    final stage's labelled training images)."""
-    embedder = Embedder(model, mesh)
-    part = f"part-{jax.process_index():05d}.npz"
+    final stage's labelled training images), L2-normalised, in
+    `eval.embedding_dtype`.
+
+    Each process writes its own shard (atomically); `shards.json` names the
+    process count, so the folder loads as one set only when every process's
+    shard is there. A split is skipped (resume) only when all its shards exist:
+    every process must join the sharded embedding step, so the decision has to
+    be the same on all of them (the workdir is shared, as for checkpoints)."""
+    dtype = np.dtype(config.eval.get("embedding_dtype", "float32"))
+    embedder = None
     for split in ("train", "test"):
-        path = os.path.join(embeddings_dir(workdir), split, part)
-        if os.path.exists(path):
+        directory = os.path.join(embeddings_dir(workdir), split)
+        if jax.process_index() == 0:
+            declare_shard_set(directory, jax.process_count())
+        if all(os.path.exists(shard_path(directory, p)) for p in range(jax.process_count())):
             continue
+        path = shard_path(directory, jax.process_index())
+        embedder = embedder or Embedder(model, mesh)
         emb, aux = _eval_split(config, tfrecord_dir, plan, split, embedder, f"embed {split}")
         if split == "train":
             emb = emb.select(aux["label"] >= 0)
-        save_embeddings(path, emb)
+        save_embeddings(path, emb, dtype=dtype)
 
 
 def evaluate(config, workdir: str) -> dict:

@@ -21,5 +21,6 @@ def pytest_configure(config):
     import jax
 
     cache = os.environ.get("GLD_JAX_TEST_COMPILE_CACHE") or tempfile.mkdtemp(prefix="gldjax-xla-")
+    os.environ["GLD_JAX_TEST_COMPILE_CACHE"] = cache  # subprocess workers share it
     jax.config.update("jax_compilation_cache_dir", cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

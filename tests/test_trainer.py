@@ -6,15 +6,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from tiny import tiny_config
 
-from gld_jax.config import base_config, stage
-from gld_jax.losses import dynamic_margins
+from gld_jax.losses import dynamic_margins, sub_center_arcface_loss
 from gld_jax.models.landmark import LandmarkModel
 from gld_jax.train import mesh as mesh_lib
 from gld_jax.train.checkpoint import Checkpointer
+from gld_jax.train.stages import plan_stages
 from gld_jax.train.state import init_train_state, split_model
 from gld_jax.train.step import make_train_step, state_shardings
-from gld_jax.train.trainer import train
+from gld_jax.train.trainer import stage_label_info, train
 
 NUM_CLASSES = 16
 
@@ -88,27 +89,6 @@ def test_sharded_step_equals_single_device_step():
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
 
 
-def tiny_config(data_dir):
-    c = base_config()
-    c.data_dir = str(data_dir)
-    c.synthetic.enabled = True
-    c.synthetic.num_classes = 8
-    c.synthetic.max_images = 20
-    c.synthetic.num_test = 20
-    c.synthetic.image_width, c.synthetic.image_height = 64, 48
-    c.convert.num_shards = 2
-    c.model.embedding_dim = 32
-    c.loss.scale = 30.0
-    c.stages = [
-        stage(image_size=32, epochs=0.5, batch_size=8, learning_rate=1e-3),
-        stage(image_size=40, epochs=0.3, batch_size=8, learning_rate=1e-3, label_set="clean"),
-    ]
-    c.log_every_steps = 1
-    c.checkpoint_every_steps = 1000
-    c.eval.validate = False
-    return c
-
-
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     from gld_jax.data.prepare import prepare_data
@@ -119,23 +99,197 @@ def tiny_run(tmp_path_factory):
     return config, tfrecord_dir, root
 
 
-def test_stop_and_resume_keeps_step_count(tiny_run):
+def _final_params(workdir):
+    ckpt = Checkpointer(workdir + "/checkpoints")
+    step = ckpt.latest_step()
+    return step, ckpt.restore_arrays(step)["params"]
+
+
+def test_interrupted_run_resumes_exactly_and_never_repeats_a_stage(tiny_run):
+    """Stop inside stage 0, resume across the stage boundary (new head, new image
+    size): the step count is exact, no stage runs twice, and the final parameters
+    equal an uninterrupted run's. Exactly equal is expected (same programs, same
+    data order, dropout keyed by step); 1e-6 allows for XLA reordering sums
+    between differently shaped compilations."""
     config, tfrecord_dir, root = tiny_run
     mesh = mesh_lib.make_mesh(-1, 1)
-    workdir = str(root / "run")
-    first = train(config, workdir=workdir, tfrecord_dir=tfrecord_dir, mesh=mesh, stop_after_steps=2)
-    total = first.plans[-1].last_step
-    stage0 = first.plans[0].steps
+    straight = str(root / "straight")
+    broken = str(root / "broken")
+    train(config, workdir=straight, tfrecord_dir=tfrecord_dir, mesh=mesh)
+
+    first = train(config, workdir=broken, tfrecord_dir=tfrecord_dir, mesh=mesh, stop_after_steps=2)
+    total, stage0 = first.plans[-1].last_step, first.plans[0].steps
+    assert total > stage0 > 2  # the resumed call crosses the stage boundary
     assert not first.complete and first.global_step == 2 and first.steps_run == 2
-    assert Checkpointer(workdir + "/checkpoints").latest_step() == 2
+    assert Checkpointer(broken + "/checkpoints").latest_step() == 2
+    second = train(config, workdir=broken, tfrecord_dir=tfrecord_dir, mesh=mesh)
+    assert second.complete and second.steps_run == total - 2  # nothing repeated or skipped
+    assert [h["step"] for h in second.history] == list(range(3, total + 1))
 
-    second = train(config, workdir=workdir, tfrecord_dir=tfrecord_dir, mesh=mesh)
-    assert second.complete
-    assert second.steps_run == total - 2  # nothing repeated, nothing skipped
-    assert Checkpointer(workdir + "/checkpoints").latest_step() == total
-    # the stage-0 checkpoint exists as a boundary: the run crossed it once
-    assert total > stage0 >= 2
+    s1, p1 = _final_params(straight)
+    s2, p2 = _final_params(broken)
+    assert s1 == s2 == total
+    for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2), strict=True):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0, atol=1e-6)
 
-    third = train(config, workdir=workdir, tfrecord_dir=tfrecord_dir, mesh=mesh)
+    third = train(config, workdir=broken, tfrecord_dir=tfrecord_dir, mesh=mesh)
     assert third.complete and third.steps_run == 0  # a finished run is not redone
-    assert third.model.head.centers.value.shape[0] == second.plans[-1].num_classes
+    assert third.model.head.num_classes == second.plans[-1].num_classes
+
+
+def test_stop_on_a_stage_boundary_does_not_start_the_next_stage(tiny_run):
+    config, tfrecord_dir, root = tiny_run
+    mesh = mesh_lib.make_mesh(-1, 1)
+    workdir = str(root / "boundary")
+    num_classes, num_train = stage_label_info(tfrecord_dir, config)
+    stage0 = plan_stages(config.stages, num_classes=num_classes, num_train=num_train)[0].steps
+    r = train(
+        config, workdir=workdir, tfrecord_dir=tfrecord_dir, mesh=mesh, stop_after_steps=stage0
+    )
+    assert not r.complete and r.global_step == stage0 and r.steps_run == stage0
+    assert Checkpointer(workdir + "/checkpoints").latest_step() == stage0
+
+
+def test_sigterm_saves_and_stops_with_preempted(tiny_run, monkeypatch):
+    import os
+    import signal
+
+    from gld_jax.train import trainer as trainer_lib
+    from gld_jax.train.preemption import TrainingPreempted
+
+    config, tfrecord_dir, root = tiny_run
+    mesh = mesh_lib.make_mesh(-1, 1)
+    workdir = str(root / "preempted")
+    real = trainer_lib._to_global
+    calls = []
+
+    def to_global_then_sigterm(batch, mesh):
+        calls.append(1)
+        if len(calls) == 2:  # SIGTERM arrives while step 2 runs
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(batch, mesh)
+
+    monkeypatch.setattr(trainer_lib, "_to_global", to_global_then_sigterm)
+    with pytest.raises(TrainingPreempted, match="step 2"):
+        train(config, workdir=workdir, tfrecord_dir=tfrecord_dir, mesh=mesh)
+    assert Checkpointer(workdir + "/checkpoints").latest_step() == 2
+    # the handler is gone again: the default SIGTERM action is back
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    monkeypatch.setattr(trainer_lib, "_to_global", real)
+    resumed = train(config, workdir=workdir, tfrecord_dir=tfrecord_dir, mesh=mesh)
+    assert resumed.complete and resumed.steps_run == resumed.plans[-1].last_step - 2
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_run, monkeypatch):
+    from gld_jax.train import trainer as trainer_lib
+    from gld_jax.train.trainer import TrainingDiverged
+
+    config, tfrecord_dir, root = tiny_run
+    mesh = mesh_lib.make_mesh(-1, 1)
+    workdir = str(root / "diverged")
+    train(config, workdir=workdir, tfrecord_dir=tfrecord_dir, mesh=mesh, stop_after_steps=1)
+    # NaN margins make the very next loss NaN
+    monkeypatch.setattr(
+        trainer_lib, "dynamic_margins", lambda counts, **kw: np.full(len(counts), np.nan)
+    )
+    with pytest.raises(TrainingDiverged, match="step 2"):
+        train(config, workdir=workdir, tfrecord_dir=tfrecord_dir, mesh=mesh)
+    assert Checkpointer(workdir + "/checkpoints").latest_step() == 1
+
+
+def test_accumulated_step_equals_sequential_micro_steps_and_ema():
+    """accumulate=2 averages the gradients of two micro-batches run one after the
+    other (BN statistics threaded through), computed here as two separate plain
+    steps; EMA with decay 0.5 is the midpoint of old and new parameters."""
+    from flax import nnx
+
+    from gld_jax.train.step import train_step_fn
+
+    rng = np.random.default_rng(1)
+    batch = {
+        "image": rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
+        "label": rng.integers(0, NUM_CLASSES, (8,), dtype=np.int32),
+    }
+    margins = jnp.full((NUM_CLASSES,), 0.2, jnp.float32)
+    model = LandmarkModel(
+        backbone="efficientnet_b0",
+        num_classes=NUM_CLASSES,
+        embedding_dim=32,
+        drop_path_rate=0.0,
+        rngs=nnx.Rngs(params=0, dropout=1),
+    )
+    model.train()
+    graphdef, params, stats, rng_state = split_model(model)
+    tx = optax.sgd(1.0)  # update = -gradient
+    common = dict(graphdef=graphdef, rng_state=rng_state, tx=tx, scale=30.0, key=jax.random.key(0))
+    state = init_train_state(params, stats, tx, ema=True)
+    step = jax.jit(lambda s, b: train_step_fn(s, b, margins, accumulate=1, **common))
+    acc_step = jax.jit(
+        lambda s, b: train_step_fn(s, b, margins, accumulate=2, ema_decay=0.5, **common)
+    )
+
+    # micro-batch i holds rows i, i+2, i+4, i+6 (spread over the data axis)
+    micro = [{k: v[i::2] for k, v in batch.items()} for i in range(2)]
+    s0, m0 = step(state, micro[0])
+    s1, m1 = step(state.replace(batch_stats=s0.batch_stats), micro[1])
+    sa, ma = acc_step(state, batch)
+
+    np.testing.assert_allclose(ma["loss"], (m0["loss"] + m1["loss"]) / 2, rtol=1e-5)
+    leaves = list(
+        zip(
+            jax.tree.leaves(params),
+            jax.tree.leaves(s0.params),
+            jax.tree.leaves(s1.params),
+            jax.tree.leaves(sa.params),
+            strict=True,
+        )
+    )
+    expected = [((a - p) + (b - p)) / 2 for p, a, b, _ in leaves]  # mean micro update
+    total = np.sqrt(sum(np.sum(np.square(e)) for e in expected))
+    for (p, _, _, c), e in zip(leaves, expected, strict=True):
+        # relative to the update's size, with a floor of 1e-6 of the whole update
+        # for leaves whose true gradient is ~0 (a bias right before a BatchNorm):
+        # float32 sums in another order move updates by ~1e-5 relative, a wrong
+        # micro-batch split by O(1)
+        err = np.linalg.norm((c - p) - e)
+        assert err <= 1e-3 * np.linalg.norm(e) + 1e-6 * total
+    for x, y in zip(jax.tree.leaves(s1.batch_stats), jax.tree.leaves(sa.batch_stats), strict=True):
+        np.testing.assert_allclose(y, x, rtol=1e-5, atol=1e-6)
+    for p, c, e in zip(
+        jax.tree.leaves(params),
+        jax.tree.leaves(sa.params),
+        jax.tree.leaves(sa.ema_params),
+        strict=True,
+    ):
+        np.testing.assert_allclose(e, 0.5 * p + 0.5 * c, rtol=1e-6, atol=1e-7)
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_loss():
+    from flax import nnx
+
+    model = LandmarkModel(
+        backbone="efficientnet_b0",
+        num_classes=NUM_CLASSES,
+        embedding_dim=32,
+        dtype="bfloat16",
+        rngs=nnx.Rngs(params=0, dropout=1),
+    )
+    model.eval()
+    images = np.random.default_rng(2).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    params = nnx.state(model, nnx.Param)
+    assert {p.dtype for p in jax.tree.leaves(params)} == {jnp.dtype(jnp.float32)}
+
+    emb = nnx.jit(lambda m, x: m(x))(model, images)
+    assert emb.dtype == jnp.float32 and np.all(np.isfinite(emb))
+    # the backbone's convolutions and matmuls really run in bfloat16
+    hlo = jax.jit(lambda x: model(x)).lower(images).as_text()
+    assert "bf16" in hlo
+    # loss math stays float32 even on bfloat16 embeddings
+    loss = sub_center_arcface_loss(
+        emb.astype(jnp.bfloat16),
+        model.head.centers[...],
+        jnp.arange(4) % NUM_CLASSES,
+        jnp.full((NUM_CLASSES,), 0.3),
+        30.0,
+    )
+    assert loss.dtype == jnp.float32 and np.all(np.isfinite(loss))

@@ -73,6 +73,18 @@ def base_config() -> ml_collections.ConfigDict:
     c.val_every = 15  # validate on every 15th image of the held-out fold (recipe)
     c.augment = True
     c.shuffle_buffer = 2048
+    # sampling: "uniform" (each image once per epoch), "sqrt" or "balanced" class
+    # sampling for the long tail. deterministic=False lets tf.data reorder for
+    # speed (resume is then approximate). dct_scaling decodes JPEGs at 1/2..1/8
+    # size when the source is at least twice the stage's size.
+    c.input = ml_collections.ConfigDict(
+        dict(sampling="uniform", deterministic=True, dct_scaling=True)
+    )
+    # "process": each process reads its own files (the scalable default).
+    # "global": every process reads the whole stream and keeps its rows of each
+    # global batch, so batches are identical for any process count (exactness
+    # tests, debugging); costs P times the decoding.
+    c.data_sharding = "process"
 
     # Model.
     c.model = ml_collections.ConfigDict(
@@ -85,18 +97,34 @@ def base_config() -> ml_collections.ConfigDict:
             dtype="float32",  # compute dtype: bfloat16 on TPU/GPU
             drop_path_rate=0.2,
             remat=False,
+            init_from="",  # backbone weights from `python -m gld_jax.models.import_weights`
         )
     )
     # Sub-center ArcFace with class-size margins (3rd place GLR2020).
     c.loss = ml_collections.ConfigDict(
         dict(scale=80.0, margin_min=0.05, margin_range=0.45, margin_power=-0.25)
     )
+    # accumulate_steps: micro-batches per update (same effective batch, 1/A of the
+    # activation memory). ema_decay > 0 keeps an EMA of the weights for evaluation.
     c.optimizer = ml_collections.ConfigDict(
-        dict(name="adamw", weight_decay=1e-4, momentum=0.9, grad_clip_norm=0.0)
+        dict(
+            name="adamw",
+            weight_decay=1e-4,
+            momentum=0.9,
+            grad_clip_norm=0.0,
+            accumulate_steps=1,
+            ema_decay=0.0,
+        )
     )
     c.stages = [stage(image_size=256, epochs=10, batch_size=256, learning_rate=1e-3)]
 
     c.mesh = ml_collections.ConfigDict(dict(data=-1, model=1))
+    # Multi-host: jax.distributed.initialize() runs when `enabled` is true or the
+    # environment sets GLD_JAX_DISTRIBUTED=1. TPU VMs need no addresses; other
+    # clusters give the coordinator "host:port", the process count and this id.
+    c.distributed = ml_collections.ConfigDict(
+        dict(enabled=False, coordinator_address="", num_processes=0, process_id=-1)
+    )
 
     # Loop.
     c.log_every_steps = 20
@@ -111,6 +139,9 @@ def base_config() -> ml_collections.ConfigDict:
             num_neighbors=5,
             brute_force_threshold=20_000,
             prediction="top1",
+            # Stored dtype of embeddings/{train,test}: float16 halves the disk and
+            # RAM of GLDv2-scale sets (cosines move by ~1e-3); search runs in float32.
+            embedding_dtype="float32",
         )
     )
     return c

@@ -54,6 +54,13 @@ def validate_config(
         "must be 'swish' or 'prelu'",
     )
     _check(0.0 <= config.model.drop_path_rate < 1.0, "model.drop_path_rate", "must be in [0, 1)")
+    init_from = config.model.get("init_from", "")
+    if init_from:
+        _check(
+            _exists(os.path.join(init_from, "import.json")),
+            "model.init_from",
+            f"{init_from!r} is not a folder written by python -m gld_jax.models.import_weights",
+        )
     _check(config.loss.scale > 0, "loss.scale", "must be positive")
     _check(
         config.loss.margin_min >= 0 and config.loss.margin_range >= 0,
@@ -65,6 +72,11 @@ def validate_config(
         config.eval.prediction in PREDICTIONS, "eval.prediction", f"must be one of {PREDICTIONS}"
     )
     _check(config.eval.batch_size > 0, "eval.batch_size", "must be positive")
+    _check(
+        config.eval.get("embedding_dtype", "float32") in ("float16", "float32"),
+        "eval.embedding_dtype",
+        "must be 'float16' or 'float32'",
+    )
 
     if not config.synthetic.enabled:
         _check(
@@ -84,6 +96,16 @@ def validate_config(
                 f"data directory {config.data_dir!r} does not exist",
             )
 
+    _check(
+        config.data_sharding in ("process", "global"),
+        "data_sharding",
+        "must be 'process' or 'global'",
+    )
+    _check(
+        config.input.sampling in ("uniform", "sqrt", "balanced"),
+        "input.sampling",
+        "must be 'uniform', 'sqrt' or 'balanced'",
+    )
     _check(config.folds >= 2, "folds", "must be >= 2")
     _check(-1 <= config.fold < config.folds, "fold", f"must be -1 or in [0, {config.folds})")
     _check(config.val_every >= 1, "val_every", "must be >= 1")
@@ -114,6 +136,12 @@ def validate_config(
             s.batch_size % process_count == 0,
             f"{key}.batch_size",
             f"{s.batch_size} is not divisible by the {process_count} processes",
+        )
+        accumulate = config.optimizer.accumulate_steps
+        _check(
+            s.batch_size % (data * accumulate) == 0,
+            f"{key}.batch_size",
+            f"{s.batch_size} does not split into {accumulate} micro-batches over {data} devices",
         )
         _check(s.learning_rate > 0, f"{key}.learning_rate", "must be positive")
         _check(s.label_set in LABEL_SETS, f"{key}.label_set", f"must be one of {LABEL_SETS}")

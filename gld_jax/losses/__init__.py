@@ -3,6 +3,7 @@
 from gld_jax.losses.arcface import (
     arcface_logits,
     dynamic_margins,
+    mask_padded_classes,
     sub_center_arcface_loss,
     sub_center_cosine,
 )
@@ -10,6 +11,7 @@ from gld_jax.losses.arcface import (
 __all__ = [
     "arcface_logits",
     "dynamic_margins",
+    "mask_padded_classes",
     "sub_center_arcface_loss",
     "sub_center_cosine",
 ]

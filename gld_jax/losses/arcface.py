@@ -191,6 +191,15 @@ def arcface_logits(
     return jnp.where(is_target, phi[:, None], cosine) * scale
 
 
+def mask_padded_classes(scores: jax.Array, num_valid_classes: int | None) -> jax.Array:
+    """``[N, C]`` scores with the padded classes (index ``>= num_valid_classes``)
+    set to -inf, so they take no softmax mass and no argmax."""
+    if num_valid_classes is None or num_valid_classes >= scores.shape[-1]:
+        return scores
+    valid = jax.lax.broadcasted_iota(jnp.int32, (1, scores.shape[-1]), 1) < num_valid_classes
+    return jnp.where(valid, scores, -jnp.inf)
+
+
 def sub_center_arcface_loss(
     embeddings: ArrayLike,
     centers: ArrayLike,
@@ -199,6 +208,7 @@ def sub_center_arcface_loss(
     scale: float,
     *,
     precision: jax.lax.PrecisionLike = None,
+    num_valid_classes: int | None = None,
 ) -> jax.Array:
     """Per-example Sub-center ArcFace loss (softmax cross-entropy).
 
@@ -213,12 +223,14 @@ def sub_center_arcface_loss(
       margins: ``[C]`` margins (see :func:`dynamic_margins`) or a scalar, radians.
       scale: logit scale.
       precision: matmul precision for :func:`sub_center_cosine`.
+      num_valid_classes: classes ``>=`` this are padding (a head padded so its
+        class axis splits evenly over the mesh) and are left out of the softmax.
 
     Returns:
       ``[N]`` losses in nats, float32 (float64 for float64 input).
     """
     cosine = sub_center_cosine(embeddings, centers, precision=precision)
-    logits = arcface_logits(cosine, labels, margins, scale)
+    logits = mask_padded_classes(arcface_logits(cosine, labels, margins, scale), num_valid_classes)
     labels = jnp.asarray(labels).astype(jnp.int32)
     is_target = labels[:, None] == jax.lax.broadcasted_iota(jnp.int32, (1, logits.shape[-1]), 1)
     target_logit = jnp.sum(jnp.where(is_target, logits, 0), axis=-1)

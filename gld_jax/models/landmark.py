@@ -22,16 +22,27 @@ IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
+# The head's class axis is padded to a multiple of this, so it splits evenly over
+# any power-of-two 'model' axis up to 512 (203,094 GLDv2 classes are not even
+# divisible by 4) and fills TPU lanes; padded classes are masked out of the loss.
+CLASS_PAD_MULTIPLE = 512
+
+
+def padded_num_classes(num_classes: int, multiple: int = CLASS_PAD_MULTIPLE) -> int:
+    return -(-num_classes // multiple) * multiple
+
+
 class SubCenterHead(nnx.Module):
-    """Class centres `[num_classes, sub_centers, dim]` (class-major, so the class
-    dimension can be sharded over the mesh's 'model' axis)."""
+    """Class centres `[padded classes, sub_centers, dim]` (class-major, so the class
+    dimension can be sharded over the mesh's 'model' axis); rows from
+    `num_classes` on are padding."""
 
     def __init__(self, num_classes: int, sub_centers: int, dim: int, *, rngs: nnx.Rngs):
         bound = 1.0 / dim**0.5  # uniform(-1/sqrt(D), 1/sqrt(D)), as the recipe's head
+        self.num_classes = num_classes
+        shape = (padded_num_classes(num_classes), sub_centers, dim)
         self.centers = nnx.Param(
-            jax.random.uniform(
-                rngs.params(), (num_classes, sub_centers, dim), jnp.float32, -bound, bound
-            )
+            jax.random.uniform(rngs.params(), shape, jnp.float32, -bound, bound)
         )
 
 
@@ -76,8 +87,13 @@ class LandmarkModel(nnx.Module):
 
 
 def build_model(model_config, num_classes: int, *, seed: int) -> LandmarkModel:
-    """A LandmarkModel from the `model` section of a config."""
-    return LandmarkModel(
+    """A LandmarkModel from the `model` section of a config.
+
+    With `model.init_from` set (a folder written by `python -m
+    gld_jax.models.import_weights`), the backbone starts from those weights; a
+    checkpoint for another model or with missing/extra/mis-shaped keys is an error.
+    """
+    model = LandmarkModel(
         backbone=model_config.backbone,
         num_classes=num_classes,
         embedding_dim=model_config.embedding_dim,
@@ -89,3 +105,9 @@ def build_model(model_config, num_classes: int, *, seed: int) -> LandmarkModel:
         remat=model_config.remat,
         rngs=nnx.Rngs(params=seed, dropout=seed + 1),
     )
+    init_from = model_config.get("init_from", "")
+    if init_from:
+        from gld_jax.models.import_weights import load_backbone_checkpoint
+
+        load_backbone_checkpoint(model.backbone, init_from, model_name=model_config.backbone)
+    return model

@@ -56,6 +56,12 @@ class Checkpointer:
         )
         return out["state"]
 
+    def restore_arrays(self, step: int) -> Any:
+        """The saved state as nested dicts of host arrays, without a target (for
+        inspection and tools; the trainer restores into a sharded target)."""
+        out = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+        return out["state"]
+
     def wait(self) -> None:
         self._manager.wait_until_finished()
 

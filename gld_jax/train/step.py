@@ -17,7 +17,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from gld_jax.losses import sub_center_arcface_loss, sub_center_cosine
+from gld_jax.losses import mask_padded_classes, sub_center_arcface_loss, sub_center_cosine
 from gld_jax.train import mesh as mesh_lib
 from gld_jax.train.state import TrainState
 
@@ -27,6 +27,17 @@ Batch = dict[str, jax.Array]
 def _reseeded(model: nnx.Module, key: jax.Array, step: jax.Array) -> None:
     # Dropout / drop-path masks are a function of (run key, step) only.
     nnx.reseed(model, dropout=jax.random.fold_in(key, step))
+
+
+def _micro_batches(batch: Batch, accumulate: int) -> Batch:
+    """[N, ...] -> [A, N/A, ...] taking every A-th row into one micro-batch, so
+    each micro-batch is spread over all devices of the 'data' axis."""
+
+    def split(x):
+        n = x.shape[0]
+        return jnp.swapaxes(x.reshape(n // accumulate, accumulate, *x.shape[1:]), 0, 1)
+
+    return jax.tree.map(split, batch)
 
 
 def train_step_fn(
@@ -39,33 +50,67 @@ def train_step_fn(
     tx: optax.GradientTransformation,
     scale: float,
     key: jax.Array,
+    accumulate: int = 1,
+    ema_decay: float = 0.0,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One update on a global batch.
+    """One optimizer update on a global batch.
 
     Args:
-      state: TrainState (params, batch_stats, opt_state, step).
+      state: TrainState (params, batch_stats, opt_state, step, ema_params).
       batch: {"image": uint8 [N,S,S,3], "label": int32 [N]} (global batch).
-      margins: float32 [C] per-class angular margins (radians).
+      margins: float32 [C_padded] per-class angular margins (radians).
+      accumulate: split the batch into this many micro-batches, run them one
+        after another and average their gradients (same update size, 1/A of
+        the activation memory; BatchNorm sees micro-batch statistics).
+      ema_decay: if > 0, also update `state.ema_params` (used for evaluation).
     Returns:
-      (new state, metrics {"loss", "accuracy", "grad_norm"} as scalars).
+      (new state, metrics {"loss", "accuracy", "grad_norm"} as float32 scalars).
     """
 
-    def loss_fn(params):
-        model = nnx.merge(graphdef, params, state.batch_stats, rng_state)
-        _reseeded(model, key, state.step)
-        embeddings = model(batch["image"])
-        centers = model.head.centers.value
-        losses = sub_center_arcface_loss(embeddings, centers, batch["label"], margins, scale)
-        cosine = sub_center_cosine(embeddings, centers)
-        accuracy = jnp.mean(jnp.argmax(cosine, axis=-1) == batch["label"])
+    def loss_fn(params, batch_stats, micro, micro_index):
+        model = nnx.merge(graphdef, params, batch_stats, rng_state)
+        _reseeded(model, key, state.step * accumulate + micro_index)
+        embeddings = model(micro["image"])
+        centers = model.head.centers[...]
+        valid = model.head.num_classes
+        losses = sub_center_arcface_loss(
+            embeddings, centers, micro["label"], margins, scale, num_valid_classes=valid
+        )
+        cosine = mask_padded_classes(sub_center_cosine(embeddings, centers), valid)
+        accuracy = jnp.mean(jnp.argmax(cosine, axis=-1) == micro["label"])
         new_stats = nnx.state(model, nnx.BatchStat).to_pure_dict()
         return jnp.mean(losses), (new_stats, accuracy)
 
-    (loss, (new_stats, accuracy)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if accumulate == 1:
+        (loss, (new_stats, accuracy)), grads = grad_fn(state.params, state.batch_stats, batch, 0)
+    else:
+
+        def body(carry, xs):
+            stats, grad_sum, loss_sum, acc_sum = carry
+            micro, i = xs
+            (loss, (stats, acc)), grads = grad_fn(state.params, stats, micro, i)
+            grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
+            return (stats, grad_sum, loss_sum + loss, acc_sum + acc), None
+
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        init = (state.batch_stats, zeros, jnp.float32(0), jnp.float32(0))
+        xs = (_micro_batches(batch, accumulate), jnp.arange(accumulate))
+        (new_stats, grad_sum, loss_sum, acc_sum), _ = jax.lax.scan(body, init, xs)
+        grads = jax.tree.map(lambda g: g / accumulate, grad_sum)
+        loss, accuracy = loss_sum / accumulate, acc_sum / accumulate
+
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    ema = state.ema_params
+    if ema_decay > 0:
+        ema = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, ema, params)
     new_state = state.replace(
-        step=state.step + 1, params=params, batch_stats=new_stats, opt_state=opt_state
+        step=state.step + 1,
+        params=params,
+        batch_stats=new_stats,
+        opt_state=opt_state,
+        ema_params=ema,
     )
     metrics = {"loss": loss, "accuracy": accuracy, "grad_norm": optax.global_norm(grads)}
     return new_state, metrics
@@ -85,10 +130,19 @@ def make_train_step(
     key: jax.Array,
     mesh: Mesh,
     state_sharding,
+    accumulate: int = 1,
+    ema_decay: float = 0.0,
 ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict]]:
     """The jitted train step; the input state buffer is donated."""
     fn = functools.partial(
-        train_step_fn, graphdef=graphdef, rng_state=rng_state, tx=tx, scale=scale, key=key
+        train_step_fn,
+        graphdef=graphdef,
+        rng_state=rng_state,
+        tx=tx,
+        scale=scale,
+        key=key,
+        accumulate=accumulate,
+        ema_decay=ema_decay,
     )
     batch_sharding = {
         "image": mesh_lib.batch_sharding(mesh),

@@ -7,6 +7,7 @@ run needs is derived from the latest checkpoint's global step.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -14,19 +15,26 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
 from gld_jax.losses import dynamic_margins
-from gld_jax.models.landmark import LandmarkModel, SubCenterHead, build_model
+from gld_jax.models.landmark import LandmarkModel, SubCenterHead, build_model, padded_num_classes
 from gld_jax.train import mesh as mesh_lib
 from gld_jax.train.checkpoint import Checkpointer
 from gld_jax.train.optim import learning_rate_schedule, make_optimizer
+from gld_jax.train.preemption import PreemptionWatcher, TrainingPreempted
 from gld_jax.train.stages import StagePlan, locate, plan_stages
-from gld_jax.train.state import init_train_state, split_model, update_model
+from gld_jax.train.state import (
+    eval_params,
+    init_train_state,
+    split_model,
+    state_from_tree,
+    state_to_tree,
+    update_model,
+)
 from gld_jax.train.step import make_train_step, state_shardings
 from gld_jax.utils.progress import progress_bar
 from gld_jax.utils.summary import SummaryWriter
@@ -47,6 +55,7 @@ class TrainResult:
     train_seconds: float
     global_step: int  # global step reached
     complete: bool  # every stage finished
+    history: list[dict] = dataclasses.field(default_factory=list)  # logged metrics
 
 
 def stage_label_info(tfrecord_dir: str, config) -> tuple[dict[str, int], dict[str, int]]:
@@ -75,9 +84,57 @@ def _new_head(model: LandmarkModel, num_classes: int, seed: int) -> None:
     )
 
 
+def _padded_margins(config, class_counts) -> np.ndarray:
+    """float32 [padded classes] margins; padding classes (masked out of the loss)
+    get the smallest margin."""
+    margins = np.asarray(
+        dynamic_margins(
+            np.asarray(class_counts),
+            margin_min=config.loss.margin_min,
+            margin_range=config.loss.margin_range,
+            power=config.loss.margin_power,
+        ),
+        np.float32,
+    )
+    padded = np.full(padded_num_classes(len(margins)), config.loss.margin_min, np.float32)
+    padded[: len(margins)] = margins
+    return padded
+
+
 def _to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
     sharding = mesh_lib.batch_sharding(mesh)
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def _local_batches(config, tfrecord_dir: str, plan: StagePlan, *, skip_batches: int):
+    """This process's rows of each global batch, as numpy dicts.
+
+    The stream is a deterministic function of the seed, so skipping the batches
+    already consumed resumes without repeating or losing data.
+    """
+    from gld_jax.data import input_pipeline
+
+    pi, pc = jax.process_index(), jax.process_count()
+    local = plan.batch_size // pc
+    whole = config.data_sharding == "global"
+    ds = input_pipeline.train_dataset(
+        tfrecord_dir,
+        image_size=plan.image_size,
+        batch_size=plan.batch_size if whole else local,
+        label_set=plan.label_set,
+        folds=training_folds(config),
+        seed=config.seed * 1000 + plan.index,
+        augment=config.augment,
+        process_index=0 if whole else pi,
+        process_count=1 if whole else pc,
+        shuffle_buffer=config.shuffle_buffer,
+        skip_batches=skip_batches,
+        deterministic=config.input.deterministic,
+        dct_scaling=config.input.dct_scaling,
+        sampling=config.input.sampling,
+    )
+    for batch in ds.as_numpy_iterator():
+        yield {k: v[pi * local : (pi + 1) * local] for k, v in batch.items()} if whole else batch
 
 
 def train(
@@ -102,8 +159,43 @@ def train(
     num_classes, num_train = stage_label_info(tfrecord_dir, config)
     plans = plan_stages(config.stages, num_classes=num_classes, num_train=num_train)
     is_main = jax.process_index() == 0
-    writer = SummaryWriter(os.path.join(workdir, "tensorboard"), enabled=is_main)
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
+    with contextlib.ExitStack() as cleanup:
+        writer = SummaryWriter(os.path.join(workdir, "tensorboard"), enabled=is_main)
+        cleanup.callback(writer.close)
+        ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
+        cleanup.callback(ckpt.close)  # waits for a pending async save, also on errors
+        preemption = PreemptionWatcher()
+        cleanup.callback(preemption.close)
+        return _train_stages(
+            config,
+            workdir,
+            tfrecord_dir,
+            mesh,
+            plans,
+            manifest,
+            writer,
+            ckpt,
+            preemption,
+            validate_fn,
+            stop_after_steps,
+        )
+
+
+def _train_stages(
+    config,
+    workdir,
+    tfrecord_dir,
+    mesh,
+    plans,
+    manifest,
+    writer,
+    ckpt,
+    preemption,
+    validate_fn,
+    stop_after_steps,
+) -> TrainResult:
+
+    is_main = jax.process_index() == 0
 
     # ---- where are we? ---------------------------------------------------
     latest = ckpt.latest_step()
@@ -112,6 +204,7 @@ def train(
         meta = ckpt.restore_meta(latest)
         if (
             meta.get("num_classes") != plans[start_stage].num_classes
+            or meta.get("head_rows") != padded_num_classes(plans[start_stage].num_classes)
             or meta.get("backbone") != config.model.backbone
         ):
             raise ValueError(
@@ -125,6 +218,7 @@ def train(
     model = build_model(config.model, plans[start_stage].num_classes, seed=config.seed)
     run_key = jax.random.key(config.seed)
     gaps: list[float] = []
+    history: list[dict] = []
     steps_run, t_train = 0, 0.0
 
     for plan in plans[start_stage:]:
@@ -138,25 +232,23 @@ def train(
         tx = make_optimizer(config.optimizer, schedule)
         model.train()
         graphdef, params, stats, rng_state = split_model(model)
-        state = init_train_state(params, stats, tx)
+        state = init_train_state(params, stats, tx, ema=config.optimizer.ema_decay > 0)
         shardings = state_shardings(state, mesh)
         state = jax.device_put(state, shardings)
         if resuming:
-            state = ckpt.restore(latest, state)
+            state = state_from_tree(state, ckpt.restore(latest, state_to_tree(state)))
         if done >= plan.steps:  # this stage finished before the restart
-            update_model(model, *jax.device_get((state.params, state.batch_stats)))
+            update_model(model, *jax.device_get((eval_params(state), state.batch_stats)))
             continue
+        if stop_after_steps is not None and steps_run >= stop_after_steps:
+            # the step budget ran out on a stage boundary (or was 0): stop here
+            update_model(model, *jax.device_get((eval_params(state), state.batch_stats)))
+            return TrainResult(
+                model, plans, gaps, steps_run, t_train, plan.first_step + done, False, history
+            )
 
         counts = manifest["label_sets"][plan.label_set]["class_counts"]
-        margins = jax.device_put(
-            dynamic_margins(
-                np.asarray(counts),
-                margin_min=config.loss.margin_min,
-                margin_range=config.loss.margin_range,
-                power=config.loss.margin_power,
-            ).astype(jnp.float32),
-            mesh_lib.replicated(mesh),
-        )
+        margins = jax.device_put(_padded_margins(config, counts), mesh_lib.replicated(mesh))
         step_fn = make_train_step(
             graphdef=graphdef,
             rng_state=rng_state,
@@ -165,26 +257,12 @@ def train(
             key=jax.random.fold_in(run_key, plan.index),
             mesh=mesh,
             state_sharding=shardings,
+            accumulate=config.optimizer.accumulate_steps,
+            ema_decay=config.optimizer.ema_decay,
         )
 
         # ---- input ------------------------------------------------------------
-        local_batch = plan.batch_size // jax.process_count()
-        ds = input_pipeline.train_dataset(
-            tfrecord_dir,
-            image_size=plan.image_size,
-            batch_size=local_batch,
-            label_set=plan.label_set,
-            folds=training_folds(config),
-            seed=config.seed * 1000 + plan.index,
-            augment=config.augment,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
-            shuffle_buffer=config.shuffle_buffer,
-            # The stream is a deterministic function of the seed, so skipping the
-            # batches already consumed resumes without repeating or losing data.
-            skip_batches=done,
-        )
-        batches = ds.as_numpy_iterator()
+        batches = _local_batches(config, tfrecord_dir, plan, skip_batches=done)
 
         # ---- loop -------------------------------------------------------------------
         bar = progress_bar(
@@ -200,44 +278,53 @@ def train(
             state, metrics = step_fn(state, batch, margins)
             steps_run += 1
             step_done = step + 1
+            preempted = preemption.requested(step_done)
             stop_now = stop_after_steps is not None and steps_run >= stop_after_steps
-            if step_done % config.log_every_steps == 0 or step_done == plan.steps or stop_now:
+            end = step_done == plan.steps or stop_now or preempted
+            log_now = end or step_done % config.log_every_steps == 0
+            save_now = end or step_done % config.checkpoint_every_steps == 0
+            if log_now or save_now:
+                # Checked before every save: non-finite parameters make every
+                # later loss non-finite, so no poisoned state is ever written.
                 metrics = jax.device_get(metrics)
                 if not all(math.isfinite(float(v)) for v in metrics.values()):
                     raise TrainingDiverged(
                         f"non-finite loss/gradients at stage {plan.index} step {step_done} "
                         f"(loss={float(metrics['loss'])}); last good checkpoint kept"
                     )
+            if log_now:
                 now = time.perf_counter()
                 rate = (step_done - last_step) * plan.batch_size / max(now - last_t, 1e-9)
                 last_t, last_step = now, step_done
-                global_step = plan.first_step + step_done
                 scalars = {k: float(v) for k, v in metrics.items()}
+                history.append({"step": plan.first_step + step_done, **scalars})
                 scalars["learning_rate"] = float(schedule(step_done))
                 scalars["images_per_second"] = rate
-                writer.scalars(global_step, scalars, prefix=f"train/stage{plan.index}")
+                writer.scalars(
+                    plan.first_step + step_done, scalars, prefix=f"train/stage{plan.index}"
+                )
                 bar.set_postfix(
                     loss=f"{scalars['loss']:.3f}",
                     acc=f"{scalars['accuracy']:.2f}",
                     img_s=f"{rate:.0f}",
                 )
             bar.update(1)
-            if (
-                step_done % config.checkpoint_every_steps == 0
-                or step_done == plan.steps
-                or stop_now
-            ):
+            if save_now:
                 _save(ckpt, plan, step_done, state, config)
+            if preempted:
+                bar.close()
+                raise TrainingPreempted(
+                    f"SIGTERM: checkpoint saved at step {plan.first_step + step_done}; "
+                    "rerun the same command to resume"
+                )
             if stop_now:
                 break
         bar.close()
         t_train += time.perf_counter() - stage_t0
-        update_model(model, *jax.device_get((state.params, state.batch_stats)))
+        update_model(model, *jax.device_get((eval_params(state), state.batch_stats)))
         if step_done < plan.steps:  # stopped early on request
-            ckpt.close()
-            writer.close()
             return TrainResult(
-                model, plans, gaps, steps_run, t_train, plan.first_step + step_done, complete=False
+                model, plans, gaps, steps_run, t_train, plan.first_step + step_done, False, history
             )
         if validate_fn is not None:
             gap = float(validate_fn(model, plan))
@@ -245,9 +332,7 @@ def train(
             writer.scalars(plan.last_step, {"gap": gap}, prefix=f"val/stage{plan.index}")
             log.info("stage %d validation GAP %.4f", plan.index, gap)
 
-    ckpt.close()
-    writer.close()
-    return TrainResult(model, plans, gaps, steps_run, t_train, plans[-1].last_step, complete=True)
+    return TrainResult(model, plans, gaps, steps_run, t_train, plans[-1].last_step, True, history)
 
 
 def _save(ckpt: Checkpointer, plan: StagePlan, step_done: int, state, config) -> None:
@@ -257,8 +342,9 @@ def _save(ckpt: Checkpointer, plan: StagePlan, step_done: int, state, config) ->
         "stage_step": step_done,
         "global_step": global_step,
         "num_classes": plan.num_classes,
+        "head_rows": padded_num_classes(plan.num_classes),
         "label_set": plan.label_set,
         "image_size": plan.image_size,
         "backbone": config.model.backbone,
     }
-    ckpt.save(global_step, state, meta)
+    ckpt.save(global_step, state_to_tree(state), meta)

@@ -1,0 +1,94 @@
+"""List (and optionally drop) likely-noisy training images with a trained
+Sub-center head: images farther than `--threshold_degrees` from their class's
+dominant sub-centre (the Sub-center ArcFace paper's clean-up step).
+
+    python -m gld_jax.clean_labels --config configs/demo.py --workdir runs/demo \
+        --output runs/demo/noisy.csv --drop_to runs/demo/train_cleaned.csv
+
+`--output` lists id, landmark_id, angle (degrees), sorted by angle. `--drop_to`
+writes train.csv without the listed images (same columns as GLDv2's train.csv),
+ready to convert again and retrain.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+
+from absl import flags
+from ml_collections import config_flags
+
+from gld_jax.utils.cli import parse_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to the run's configs/*.py file.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "The trained run's directory.")
+_OUTPUT = flags.DEFINE_string("output", None, "CSV of listed images.")
+_DROP_TO = flags.DEFINE_string("drop_to", None, "Optional: train.csv without them.")
+_THRESHOLD = flags.DEFINE_float("threshold_degrees", 75.0, "Angle above which an image is listed.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parse_flags(list(sys.argv if argv is None else argv))
+    if not _WORKDIR.value or not _OUTPUT.value:
+        print("error: --workdir and --output are required", file=sys.stderr)
+        return 2
+
+    import jax
+    import numpy as np
+
+    from gld_jax.data.prepare import prepare_data, resolve_dirs
+    from gld_jax.pipeline import _eval_split
+    from gld_jax.retrieval.extract import Embedder
+    from gld_jax.train.cleanup import angles_to_dominant
+    from gld_jax.train.mesh import make_mesh
+    from gld_jax.train.trainer import train
+
+    config, workdir = _CONFIG.value, _WORKDIR.value
+    mesh = make_mesh(config.mesh.data, config.mesh.model)
+    tfrecord_dir = prepare_data(config, workdir)
+    result = train(
+        config, workdir=workdir, tfrecord_dir=tfrecord_dir, mesh=mesh, stop_after_steps=0
+    )
+    if result.global_step < result.plans[-1].last_step:
+        print(f"error: {workdir} holds no finished run; train it first", file=sys.stderr)
+        return 2
+    plan = result.plans[-1]
+    emb, aux = _eval_split(
+        config, tfrecord_dir, plan, "train", Embedder(result.model, mesh), "embed train"
+    )
+    keep = aux["label"] >= 0
+    centers = np.asarray(jax.device_get(result.model.head.centers[...]))
+    angles = angles_to_dominant(emb.embeddings[keep], centers, aux["label"][keep])
+    ids, landmarks = emb.ids[keep], emb.labels[keep]
+    listed = angles > _THRESHOLD.value
+    order = np.argsort(-angles[listed], kind="stable")
+    with open(_OUTPUT.value, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "landmark_id", "angle_degrees"])
+        for i in order:
+            w.writerow([ids[listed][i], int(landmarks[listed][i]), f"{angles[listed][i]:.2f}"])
+    print(
+        f"listed {int(listed.sum())} of {len(ids)} images above {_THRESHOLD.value} degrees "
+        f"(label set {plan.label_set!r}) in {_OUTPUT.value}"
+    )
+    if _DROP_TO.value:
+        dropped = set(ids[listed].tolist())
+        data_dir, _ = resolve_dirs(config, workdir)
+        with (
+            open(os.path.join(data_dir, "train.csv"), newline="") as src,
+            open(_DROP_TO.value, "w", newline="") as dst,
+        ):
+            reader, writer = csv.reader(src), csv.writer(dst)
+            writer.writerow(next(reader))
+            kept = 0
+            for row in reader:
+                if row and row[0] not in dropped:
+                    writer.writerow(row)
+                    kept += 1
+        print(f"wrote {kept} rows to {_DROP_TO.value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
