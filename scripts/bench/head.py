@@ -44,15 +44,19 @@ def main() -> None:
     from jax.sharding import PartitionSpec as P
 
     from gld_jax.losses import dynamic_margins, sub_center_arcface_loss
+    from gld_jax.models.landmark import padded_num_classes
     from gld_jax.train.mesh import make_mesh
 
-    c, k, d, n = args.classes, args.sub_centers, args.dim, args.batch
+    valid, k, d, n = args.classes, args.sub_centers, args.dim, args.batch
+    c = padded_num_classes(valid)  # the trainer's head rows: divisible over the mesh
     rng = np.random.default_rng(0)
-    margins_np = np.asarray(dynamic_margins(rng.integers(1, 500, c)), np.float32)
+    margins_np = np.full(c, 0.05, np.float32)
+    margins_np[:valid] = np.asarray(dynamic_margins(rng.integers(1, 500, valid)), np.float32)
 
     def loss_and_grads(emb, centers, labels, margins):
         def f(e, w):
-            return jnp.mean(sub_center_arcface_loss(e, w, labels, margins, 80.0))
+            losses = sub_center_arcface_loss(e, w, labels, margins, 80.0, num_valid_classes=valid)
+            return jnp.mean(losses)
 
         return jax.value_and_grad(f, argnums=(0, 1))(emb, centers)
 
@@ -85,7 +89,8 @@ def main() -> None:
         )
         row = {
             "mesh": f"{dm}x{mm}",
-            "classes": c,
+            "classes": valid,
+            "head_rows": c,
             "sub_centers": k,
             "dim": d,
             "batch": n,
@@ -103,7 +108,7 @@ def main() -> None:
         else:
             emb = jax.device_put(rng.normal(size=(n, d)).astype(np.float32), data)
             centers = jax.device_put((rng.normal(size=(c, k, d)) * 0.02).astype(np.float32), head)
-            labels = jax.device_put(rng.integers(0, c, n).astype(np.int32), data)
+            labels = jax.device_put(rng.integers(0, valid, n).astype(np.int32), data)
             margins = jax.device_put(margins_np, rep)
             jax.block_until_ready(compiled(emb, centers, labels, margins))  # warm-up
             times = []
