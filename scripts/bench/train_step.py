@@ -11,8 +11,8 @@ warm-up (median of --steps). Peer: timm's `tf_efficientnet_b0` (or the timm name
 of --model) with the same neck, head size and AdamW in PyTorch
 (`_timm_peer.py`), run in --peer_python (a Python with torch and timm; torch is
 not a product dependency). Without it the peer is skipped with a message.
-On GPU pass --dtype bfloat16 for ours; the peer runs float32 (channels_last with
---peer_channels_last); AMP for the peer is not wired yet (no GPU was lent to test it).
+On GPU pass --dtype bfloat16 for ours and --peer_amp --peer_channels_last for the
+peer (bfloat16 autocast, NHWC memory layout): the fair mixed-precision pairing.
 """
 
 from __future__ import annotations
@@ -95,6 +95,8 @@ def time_peer(args) -> dict | None:
            "--steps", str(args.steps), "--warmup", str(args.warmup)]
     if args.peer_channels_last:
         cmd.append("--channels_last")
+    if args.peer_amp:
+        cmd.append("--amp")
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         print(f"peer skipped: {res.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
@@ -115,6 +117,7 @@ def main() -> int:
     ap.add_argument("--peer_python", default=os.environ.get("GLD_JAX_PEER_PYTHON",
                                                             "/tmp/refvenv/bin/python"))
     ap.add_argument("--peer_channels_last", action="store_true")
+    ap.add_argument("--peer_amp", action="store_true")
     ap.add_argument("--skip_peer", action="store_true")
     args = ap.parse_args()
     # The peer runs first, before this process starts XLA: with our process's XLA
