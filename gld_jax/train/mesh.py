@@ -1,7 +1,10 @@
 """Device mesh and sharding rules.
 
-The mesh has axes ('data', 'model'): the batch is split over 'data'; the
-classifier head's classes over 'model' (a class-sharded head, so 200k classes fit).
+The mesh has axes ('data', 'model'). The batch is split over every device (both
+axes), so the backbone is data-parallel over the whole mesh; the classifier
+head's classes are split over 'model' (a class-sharded head, so 200k classes
+fit), and the embeddings meet the head split over 'data' only (an all-gather of
+[N, 512] within each data group, instead of gathering the head).
 Rules are data: (regex over the parameter path, PartitionSpec), first match wins.
 """
 
@@ -94,7 +97,17 @@ def tree_shardings(tree, mesh: Mesh, rules=DEFAULT_RULES):
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Leading (batch) dimension split over 'data', the rest replicated."""
+    """Leading (batch) dimension split over all devices, the rest replicated.
+
+    Split over 'data' alone, the `model` devices of a data group would all run
+    the backbone on the same images: model-times the compute for nothing.
+    """
+    return NamedSharding(mesh, P((DATA_AXIS, MODEL_AXIS)))
+
+
+def head_input_sharding(mesh: Mesh) -> NamedSharding:
+    """Embeddings [N, D] entering the class-sharded head: rows split over 'data',
+    so each device scores its data group's rows against its shard of classes."""
     return NamedSharding(mesh, P(DATA_AXIS))
 
 

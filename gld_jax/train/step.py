@@ -2,8 +2,8 @@
 
 Both are pure functions of arrays. `make_train_step` closes over the static
 parts (graphdef, optimizer, loss scale) and returns a `jax.jit` with explicit
-in/out shardings for the mesh: the batch split over 'data', the head's classes
-over 'model', everything else replicated.
+in/out shardings for the mesh: the batch split over all devices, the head's
+classes over 'model', everything else replicated (see train.mesh).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def _reseeded(model: nnx.Module, key: jax.Array, step: jax.Array) -> None:
 
 def _micro_batches(batch: Batch, accumulate: int) -> Batch:
     """[N, ...] -> [A, N/A, ...] taking every A-th row into one micro-batch, so
-    each micro-batch is spread over all devices of the 'data' axis."""
+    each micro-batch is spread over all devices of the mesh."""
 
     def split(x):
         n = x.shape[0]
@@ -52,6 +52,8 @@ def train_step_fn(
     key: jax.Array,
     accumulate: int = 1,
     ema_decay: float = 0.0,
+    batch_sharding: jax.sharding.Sharding | None = None,
+    head_input_sharding: jax.sharding.Sharding | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer update on a global batch.
 
@@ -63,6 +65,9 @@ def train_step_fn(
         after another and average their gradients (same update size, 1/A of
         the activation memory; BatchNorm sees micro-batch statistics).
       ema_decay: if > 0, also update `state.ema_params` (used for evaluation).
+      batch_sharding, head_input_sharding: the layout of the batch (all devices)
+        and of the embeddings entering the class-sharded head (the 'data' axis),
+        from train.mesh; both None leaves the layout to XLA.
     Returns:
       (new state, metrics {"loss", "accuracy", "grad_norm"} as float32 scalars).
     """
@@ -71,6 +76,14 @@ def train_step_fn(
         model = nnx.merge(graphdef, params, batch_stats, rng_state)
         _reseeded(model, key, state.step * accumulate + micro_index)
         embeddings = model(micro["image"])
+        if head_input_sharding is not None:
+            # Pin the backbone's output to the batch layout (else propagation
+            # pulls the head's layout back through the backbone and each
+            # device of a data group computes the same images), then gather the
+            # small embeddings within each data group rather than letting XLA
+            # gather the large class-sharded head.
+            embeddings = jax.lax.with_sharding_constraint(embeddings, batch_sharding)
+            embeddings = jax.lax.with_sharding_constraint(embeddings, head_input_sharding)
         centers = model.head.centers[...]
         valid = model.head.num_classes
         losses = sub_center_arcface_loss(
@@ -143,6 +156,8 @@ def make_train_step(
         key=key,
         accumulate=accumulate,
         ema_decay=ema_decay,
+        batch_sharding=mesh_lib.batch_sharding(mesh),
+        head_input_sharding=mesh_lib.head_input_sharding(mesh),
     )
     batch_sharding = {
         "image": mesh_lib.batch_sharding(mesh),
@@ -164,7 +179,7 @@ def embed_fn(params, batch_stats, images: jax.Array, *, graphdef, rng_state) -> 
 
 
 def make_embed_step(*, graphdef, rng_state, mesh: Mesh, params_sharding, stats_sharding):
-    """The jitted embedding step (eval-mode graphdef), batch split over 'data'."""
+    """The jitted embedding step (eval-mode graphdef), batch split over all devices."""
     fn = functools.partial(embed_fn, graphdef=graphdef, rng_state=rng_state)
     return jax.jit(
         fn,
