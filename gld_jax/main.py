@@ -3,9 +3,12 @@
     python -m gld_jax.main --config configs/demo.py --workdir runs/demo
     python -m gld_jax.main --config configs/effb7.py --workdir gs://bucket/runs/effb7 \
         --config.fold=1 --mode train
+    python -m gld_jax.main --config configs/effb7.py --dry_run [--json]
 
 Modes: `all` (default) = data -> train -> embed -> evaluate; or one of `train`,
 `embed`, `evaluate`. Every mode resumes from what the workdir already holds.
+`--dry_run` runs nothing: it prints each stage's plan, memory and time on
+`config.target` (gld_jax.dry_run) and exits 2 when a stage will not fit.
 """
 
 from __future__ import annotations
@@ -27,6 +30,10 @@ _MODE = flags.DEFINE_enum("mode", "all", ["all", "train", "embed", "evaluate"], 
 _STOP_AFTER = flags.DEFINE_integer(
     "stop_after_steps", None, "Stop (checkpointed) after this many train steps in this call."
 )
+_DRY_RUN = flags.DEFINE_bool(
+    "dry_run", False, "Print the plan (steps, memory, time on config.target) and exit."
+)
+_JSON = flags.DEFINE_bool("json", False, "With --dry_run: print the plan as one JSON object.")
 
 log = logging.getLogger("gld_jax")
 
@@ -58,7 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     from gld_jax.train.trainer import TrainingDiverged
 
     config = _CONFIG.value
-    workdir = _WORKDIR.value or _default_workdir(flags.FLAGS["config"].config_filename)
+    config_path = flags.FLAGS["config"].config_filename
+    workdir = _WORKDIR.value or _default_workdir(config_path)
+    if _DRY_RUN.value:
+        from gld_jax.dry_run import run_dry
+
+        return run_dry(config, workdir, config_name=config_path, as_json=_JSON.value)
     maybe_initialize_distributed(config.distributed)
     _enable_compilation_cache(workdir)
     try:

@@ -126,6 +126,12 @@ def base_config() -> ml_collections.ConfigDict:
         dict(enabled=False, coordinator_address="", num_processes=0, process_id=-1)
     )
 
+    # The hardware the run is planned for: only `--dry_run` reads it, to size
+    # memory and time (accelerator: a key of gld_jax.dry_run.ACCELERATORS;
+    # num_devices 0 = the devices this process sees; mfu: the fraction of peak
+    # FLOP/s the time estimate assumes).
+    c.target = ml_collections.ConfigDict(dict(accelerator="tpu_v3", num_devices=0, mfu=0.35))
+
     # Loop.
     c.log_every_steps = 20
     c.checkpoint_every_steps = 500

@@ -34,9 +34,17 @@ def _check(ok: bool, key: str, reason: str) -> None:
 
 
 def validate_config(
-    config: ml_collections.ConfigDict, *, num_devices: int, process_count: int = 1
+    config: ml_collections.ConfigDict,
+    *,
+    num_devices: int,
+    process_count: int = 1,
+    check_data: bool = True,
 ) -> None:
-    """Raises ConfigError for the first bad key; returns None when all is well."""
+    """Raises ConfigError for the first bad key; returns None when all is well.
+
+    check_data=False skips the data-location checks (the dry run plans a run
+    whose data may not be reachable from where it is planned).
+    """
     from gld_jax.models.registry import backbone_names  # light: no TF, no weights
 
     names = backbone_names()
@@ -78,7 +86,7 @@ def validate_config(
         "must be 'float16' or 'float32'",
     )
 
-    if not config.synthetic.enabled:
+    if check_data and not config.synthetic.enabled:
         _check(
             bool(config.data_dir) or bool(config.tfrecord_dir),
             "data_dir",
@@ -106,14 +114,17 @@ def validate_config(
         "input.sampling",
         "must be 'uniform', 'sqrt' or 'balanced'",
     )
+    _check(0 < config.target.mfu <= 1, "target.mfu", "must be in (0, 1]")
+    _check(config.target.num_devices >= 0, "target.num_devices", "must be >= 0")
     _check(config.folds >= 2, "folds", "must be >= 2")
     _check(-1 <= config.fold < config.folds, "fold", f"must be -1 or in [0, {config.folds})")
     _check(config.val_every >= 1, "val_every", "must be >= 1")
 
     try:
-        data, _ = resolve_mesh_shape(config.mesh.data, config.mesh.model, num_devices)
+        data, model = resolve_mesh_shape(config.mesh.data, config.mesh.model, num_devices)
     except ValueError as e:
         raise ConfigError("mesh", str(e)) from None
+    devices = data * model  # the batch is split over every device (train.mesh)
 
     stages = list(config.stages)
     _check(len(stages) > 0, "stages", "at least one stage is needed")
@@ -128,9 +139,9 @@ def validate_config(
         _check(s.epochs > 0, f"{key}.epochs", "must be positive")
         _check(s.batch_size > 0, f"{key}.batch_size", "must be positive")
         _check(
-            s.batch_size % data == 0,
+            s.batch_size % devices == 0,
             f"{key}.batch_size",
-            f"{s.batch_size} is not divisible by the {data} devices on the mesh's data axis",
+            f"{s.batch_size} is not divisible by the {devices} devices of the mesh",
         )
         _check(
             s.batch_size % process_count == 0,
@@ -139,9 +150,9 @@ def validate_config(
         )
         accumulate = config.optimizer.accumulate_steps
         _check(
-            s.batch_size % (data * accumulate) == 0,
+            s.batch_size % (devices * accumulate) == 0,
             f"{key}.batch_size",
-            f"{s.batch_size} does not split into {accumulate} micro-batches over {data} devices",
+            f"{s.batch_size} does not split into {accumulate} micro-batches over {devices} devices",
         )
         _check(s.learning_rate > 0, f"{key}.learning_rate", "must be positive")
         _check(s.label_set in LABEL_SETS, f"{key}.label_set", f"must be one of {LABEL_SETS}")

@@ -1,0 +1,26 @@
+"""resnest101: one member of the GLR2020 recipe's ensemble, for a TPU v3-32 slice.
+
+    python -m gld_jax.main --config configs/resnest101.py --dry_run
+    python -m gld_jax.main --config configs/resnest101.py \
+        --config.tfrecord_dir=gs://BUCKET/gldv2_tfrecords \
+        --workdir gs://BUCKET/runs/resnest101_fold0 --mode train
+    (on a pod: scripts/tpu/train.sh configs/resnest101.py; README "Train the ensemble on a TPU pod")
+
+Stages (px / epochs): 256, 576, 768 / 10, 16, 1: all 203,094 classes, then a new
+head on the 81,313 clean classes. Held-out fold 0; the recipe held out fold 4 for this model, and
+`--config.fold=k` trains any of the five. Recipe commands: nest101: 256 px 32 x
+8; 544-576 px 22 x 8; 768 px 13 x 8, init-lr 5e-5.
+Batch and learning-rate scaling: gld_jax/config/recipe.py.
+"""
+
+from gld_jax.config.recipe import RecipeStage, recipe_config
+
+
+def get_config():
+    stages = (
+        RecipeStage(256, 10, recipe_batch_per_gpu=32, recipe_peak_lr=0.001, batch_size=256),
+        RecipeStage(576, 16, recipe_batch_per_gpu=22, recipe_peak_lr=0.001, batch_size=160),
+        RecipeStage(768, 1, recipe_batch_per_gpu=13, recipe_peak_lr=0.0005, batch_size=96),
+    )
+    # Dense 3x3 convolutions: assume a higher MFU than the EfficientNets' (unmeasured).
+    return recipe_config("resnest101", stages, fold=0, mfu=0.15)

@@ -1,0 +1,348 @@
+"""Dry run: what a config will cost on its target accelerator, before any work.
+
+    python -m gld_jax.main --config configs/effb7.py --dry_run [--json]
+
+Per stage: image size, epochs, classes, images, global batch, steps, the
+learning-rate schedule, parameter counts, FLOPs per step, the per-device memory
+of parameters + gradients + optimizer state + activations on the configured
+mesh, and the wall time at a stated MFU on `config.target`. Nothing is
+initialised, compiled or read beyond a manifest: shapes come from `nnx.eval_shape`
+and one abstract trace of the model (gld_jax.train.costs).
+
+How each figure is made (say so when quoting them):
+- parameters and optimizer state: exact sizes; float32; the embedder replicated,
+  the head [C_pad, K, D] split over the mesh's 'model' axis; AdamW keeps 2
+  moments per parameter, SGD+momentum 1; EMA (if on) one more copy.
+- activations: the residuals the backward pass keeps (traced at a probe size and
+  scaled by image area; exact for sizes that are multiples of 32), for one
+  micro-batch per device, plus the head's logits for its rows x class shard.
+  XLA's own scratch buffers are not counted: a stage "fits" when the total is
+  within `USABLE_FRACTION` of the device memory. With `model.remat` only the
+  blocks' saved inputs count, not the one block being recomputed: an underestimate.
+- FLOPs per step: 3 x the forward's convolution and matmul FLOPs (the backward
+  costs two forwards), 2 per multiply-add.
+- wall time: steps x FLOPs per step / (devices x peak bf16 FLOP/s x MFU).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+
+GIB = 2**30
+USABLE_FRACTION = 0.9  # of device memory, leaving room for XLA's scratch buffers
+PROBE_BATCH, PROBE_SIZE = 2, 64  # the abstract trace's shape (see train.costs)
+
+
+@dataclasses.dataclass(frozen=True)
+class Accelerator:
+    """One JAX device of a kind: memory in bytes, peak dense bf16 FLOP/s."""
+
+    name: str
+    memory_bytes: float
+    peak_flops: float
+    devices_per_host: int
+
+
+# Vendor figures: Cloud TPU system-architecture pages (v3: 123 TFLOP/s and
+# 32 GiB per chip, two TensorCores each a JAX device; v4: 275 TFLOP/s, 32 GiB per
+# chip, one device per chip; v5e: 197 TFLOP/s, 16 GB; v5p: 459 TFLOP/s, 95 GB)
+# and NVIDIA's H100 SXM / A100 data sheets (dense bf16).
+ACCELERATORS: dict[str, Accelerator] = {
+    "tpu_v3": Accelerator("TPU v3 TensorCore", 16 * GIB, 61.5e12, 8),
+    "tpu_v4": Accelerator("TPU v4 chip", 32 * GIB, 275e12, 4),
+    "tpu_v5e": Accelerator("TPU v5e chip", 16e9, 197e12, 8),
+    "tpu_v5p": Accelerator("TPU v5p chip", 95e9, 459e12, 4),
+    "h100": Accelerator("NVIDIA H100 SXM 80GB", 80e9, 989e12, 8),
+    "a100": Accelerator("NVIDIA A100 80GB", 80e9, 312e12, 8),
+}
+
+# GLDv2 v2.1 (DESIGN.md "GLDv2 on disk"): classes and images per label set.
+GLDV2_COUNTS = {"full": (203_094, 4_132_914), "clean": (81_313, 1_580_470)}
+
+
+class DryRunError(ValueError):
+    """A plan that cannot run as configured; str() is one line for the user."""
+
+
+# --------------------------------------------------------------------------- counts
+
+
+def dataset_counts(config, workdir: str) -> tuple[dict, dict, str]:
+    """(classes per label set, training images per label set, where they came from).
+
+    The manifest of the run's TFRecords when there is one (exact); else GLDv2's
+    published counts with the held-out fold taken off (1/folds of the images).
+    """
+    tfrecord_dir = config.tfrecord_dir or os.path.join(workdir, "tfrecords")
+    if _manifest_exists(tfrecord_dir):
+        from gld_jax.train.trainer import stage_label_info
+
+        num_classes, num_train = stage_label_info(tfrecord_dir, config)
+        return num_classes, num_train, f"manifest {tfrecord_dir}"
+    if config.synthetic.enabled:
+        raise DryRunError(
+            "the synthetic set's counts come from its manifest, which does not exist yet "
+            f"({tfrecord_dir}); run the config once (e.g. make demo) and dry-run again"
+        )
+    keep = 1.0 if config.fold < 0 else (config.folds - 1) / config.folds
+    num_classes = {k: c for k, (c, _) in GLDV2_COUNTS.items()}
+    num_train = {k: round(n * keep) for k, (_, n) in GLDV2_COUNTS.items()}
+    held_out = "all folds" if config.fold < 0 else f"fold {config.fold} held out"
+    return num_classes, num_train, f"GLDv2 v2.1 published counts, {held_out}"
+
+
+def _manifest_exists(tfrecord_dir: str) -> bool:
+    path = os.path.join(tfrecord_dir, "manifest.json")
+    if "://" not in path:
+        return os.path.exists(path)
+    import tensorflow as tf  # gs:// manifests: only TF's gfile reads them
+
+    return bool(tf.io.gfile.exists(path))
+
+
+# --------------------------------------------------------------------------- model costs
+
+
+@functools.lru_cache(maxsize=8)
+def embedder_costs(backbone: str, embedding_dim: int, dtype: str, remat: bool):
+    """(embedder parameter count, ForwardCosts at the probe shape) of backbone +
+    GeM + neck, traced in train mode with the TPU/GPU convolution forms."""
+    from flax import nnx
+
+    from gld_jax.models.landmark import DTYPES
+    from gld_jax.models.neck import EmbeddingNeck
+    from gld_jax.models.pooling import GeM
+    from gld_jax.models.registry import create_backbone
+    from gld_jax.train.costs import trace_forward_costs
+
+    compute = DTYPES[dtype]
+
+    class Embedder(nnx.Module):
+        def __init__(self, rngs):
+            self.backbone, width = create_backbone(
+                backbone, rngs=rngs, dtype=compute, remat=remat, conv_impl="lax"
+            )
+            self.pool = GeM()
+            self.neck = EmbeddingNeck(width, embedding_dim, rngs=rngs, dtype=compute)
+
+        def __call__(self, x):
+            return self.neck(self.pool(self.backbone(x.astype(compute))))
+
+    model = nnx.eval_shape(lambda: Embedder(nnx.Rngs(0)))
+    model.train()
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    count = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
+
+    def forward(state, images):
+        return nnx.merge(graphdef, *state)(images)
+
+    return count, trace_forward_costs(forward, (params, rest), PROBE_BATCH, PROBE_SIZE)
+
+
+def head_residual_bytes(rows: int, classes: int, sub_centers: int, dim: int) -> float:
+    """Bytes the Sub-center ArcFace loss keeps for its backward on one device:
+    `rows` embeddings against a shard of `classes` centres."""
+    from gld_jax.losses import sub_center_arcface_loss
+    from gld_jax.train.costs import residual_bytes
+
+    def loss(emb, centers, labels, margins):
+        return jnp.mean(sub_center_arcface_loss(emb, centers, labels, margins, 80.0))
+
+    args = (
+        jax.ShapeDtypeStruct((rows, dim), jnp.float32),
+        jax.ShapeDtypeStruct((classes, sub_centers, dim), jnp.float32),
+        jax.ShapeDtypeStruct((rows,), jnp.int32),
+        jax.ShapeDtypeStruct((classes,), jnp.float32),
+    )
+    return residual_bytes(loss, *args)
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+def plan_run(config, workdir: str, *, config_name: str = "") -> dict:
+    """The dry-run report as a dict (printed by `format_plan` or as JSON).
+
+    Raises:
+      DryRunError: unknown accelerator, or counts that cannot be known.
+    """
+    from gld_jax.config import ConfigError, validate_config
+    from gld_jax.models.landmark import padded_num_classes
+    from gld_jax.train.mesh import resolve_mesh_shape
+    from gld_jax.train.stages import plan_stages
+
+    target = config.target
+    if target.accelerator not in ACCELERATORS:
+        raise DryRunError(
+            f"target.accelerator: unknown {target.accelerator!r}; "
+            f"known: {', '.join(sorted(ACCELERATORS))}"
+        )
+    acc = ACCELERATORS[target.accelerator]
+    num_devices = target.num_devices or jax.device_count()
+    hosts = max(1, num_devices // acc.devices_per_host)
+    try:
+        validate_config(config, num_devices=num_devices, process_count=hosts, check_data=False)
+    except ConfigError as e:
+        raise DryRunError(f"config error: {e}") from None
+    data, model_axis = resolve_mesh_shape(config.mesh.data, config.mesh.model, num_devices)
+    num_classes, num_train, source = dataset_counts(config, workdir)
+    plans = plan_stages(config.stages, num_classes=num_classes, num_train=num_train)
+
+    m = config.model
+    embedder_params, fwd = embedder_costs(m.backbone, m.embedding_dim, m.dtype, bool(m.remat))
+    slots = {"adamw": 2, "sgd": 1 if config.optimizer.momentum else 0}[config.optimizer.name]
+    ema = 1 if config.optimizer.ema_decay > 0 else 0
+    accumulate = config.optimizer.accumulate_steps
+    budget = USABLE_FRACTION * acc.memory_bytes
+
+    stages, total_seconds = [], 0.0
+    for plan, stage_cfg in zip(plans, config.stages, strict=True):
+        c_pad = padded_num_classes(plan.num_classes)
+        head_params = c_pad * m.sub_centers * m.embedding_dim
+        # Per device, float32: embedder replicated, head split over 'model'.
+        param_bytes = 4 * (embedder_params + head_params / model_axis)
+        micro = plan.batch_size // (num_devices * accumulate)  # images per device
+        head_rows = plan.batch_size // (data * accumulate)  # the head sees its data group
+        fwd_flops_dev, act_bytes = fwd.at(plan.image_size, micro)
+        act_bytes += head_residual_bytes(
+            head_rows, c_pad // model_axis, m.sub_centers, m.embedding_dim
+        )
+        act_bytes += 2 * micro * plan.image_size**2 * 3  # the uint8 batch, double-buffered
+        memory = {
+            "params": param_bytes,
+            "grads": param_bytes,
+            "optimizer": slots * param_bytes,
+            "ema": ema * param_bytes,
+            "activations": act_bytes,
+        }
+        total = sum(memory.values())
+        fwd_flops, _ = fwd.at(plan.image_size, plan.batch_size)
+        head_flops = 2.0 * plan.batch_size * c_pad * m.sub_centers * m.embedding_dim
+        step_flops = 3.0 * (fwd_flops + head_flops)
+        seconds = plan.steps * step_flops / (num_devices * acc.peak_flops * target.mfu)
+        total_seconds += seconds
+        stages.append(
+            {
+                "stage": plan.index,
+                "image_size": plan.image_size,
+                "epochs": float(stage_cfg.epochs),
+                "label_set": plan.label_set,
+                "classes": plan.num_classes,
+                "images": plan.num_train,
+                "global_batch": plan.batch_size,
+                "per_device_batch": plan.batch_size // num_devices,
+                "accumulate_steps": accumulate,
+                "steps": plan.steps,
+                "learning_rate": {
+                    "peak": plan.learning_rate,
+                    "warmup_steps": plan.warmup_steps,
+                    "schedule": "linear warmup from 0, cosine decay to 0",
+                },
+                "params": {
+                    "embedder": embedder_params,
+                    "head": head_params,
+                    "total": embedder_params + head_params,
+                },
+                "tflops_per_step": step_flops / 1e12,
+                "memory_gib_per_device": {k: v / GIB for k, v in memory.items()}
+                | {"total": total / GIB, "usable": budget / GIB},
+                "fits": total <= budget,
+                "hours": seconds / 3600,
+            }
+        )
+    return {
+        "config": config_name,
+        "backbone": m.backbone,
+        "dtype": m.dtype,
+        "remat": bool(m.remat),
+        "accumulate_steps": accumulate,
+        "accelerator": target.accelerator,
+        "accelerator_name": acc.name,
+        "num_devices": num_devices,
+        "hosts": hosts,
+        "mesh": {"data": data, "model": model_axis},
+        "mfu": target.mfu,
+        "counts": source,
+        "stages": stages,
+        "total_hours": total_seconds / 3600,
+        "fits": all(s["fits"] for s in stages),
+    }
+
+
+def format_plan(report: dict) -> str:
+    """The report as a table for a terminal."""
+    r = report
+    lines = [
+        f"{r['config'] or r['backbone']}: {r['backbone']} ({r['dtype']}"
+        f"{', remat' if r['remat'] else ''}) on {r['num_devices']} x {r['accelerator_name']}"
+        f" ({r['hosts']} hosts), mesh data={r['mesh']['data']} x model={r['mesh']['model']}"
+        + (
+            f", {r['accumulate_steps']} micro-batches per update"
+            if r["accumulate_steps"] > 1
+            else ""
+        ),
+        f"counts: {r['counts']}; time at {r['mfu']:.0%} MFU",
+        "",
+        f"{'stage':>5} {'px':>5} {'ep':>5} {'labels':>6} {'classes':>8} {'images':>10} "
+        f"{'batch':>6} {'/dev':>5} {'steps':>7} {'peak lr':>8} {'warmup':>7} "
+        f"{'params':>8} {'TFLOP/step':>10} {'GiB/dev':>8} {'of':>5} {'hours':>7}",
+    ]
+    for s in r["stages"]:
+        mem = s["memory_gib_per_device"]
+        lines.append(
+            f"{s['stage']:>5} {s['image_size']:>5} {s['epochs']:>5g} {s['label_set']:>6} "
+            f"{s['classes']:>8,} {s['images']:>10,} {s['global_batch']:>6} "
+            f"{s['per_device_batch']:>5} {s['steps']:>7,} {s['learning_rate']['peak']:>8.1e} "
+            f"{s['learning_rate']['warmup_steps']:>7,} {s['params']['total'] / 1e6:>7.1f}M "
+            f"{s['tflops_per_step']:>10.1f} {mem['total']:>8.2f} {mem['usable']:>5.1f} "
+            f"{s['hours']:>7.1f}{'' if s['fits'] else '  DOES NOT FIT'}"
+        )
+    lines.append("")
+    lines.append("GiB/dev = params + grads + optimizer + EMA + activations, per device:")
+    for s in r["stages"]:
+        mem = s["memory_gib_per_device"]
+        parts = ", ".join(
+            f"{k} {mem[k]:.2f}" for k in ("params", "grads", "optimizer", "ema", "activations")
+        )
+        lines.append(f"  stage {s['stage']}: {parts}")
+    lines.append(f"total: {r['total_hours']:.1f} hours on {r['num_devices']} devices")
+    return "\n".join(lines)
+
+
+def misfit_message(report: dict) -> str | None:
+    """One line naming the first stage that does not fit, or None."""
+    for s in report["stages"]:
+        if not s["fits"]:
+            mem = s["memory_gib_per_device"]
+            return (
+                f"stage {s['stage']} ({s['image_size']} px, batch {s['per_device_batch']} per "
+                f"device) needs {mem['total']:.1f} GiB per device but a "
+                f"{report['accelerator_name']} has {mem['usable']:.1f} GiB usable: lower "
+                "the batch, raise optimizer.accumulate_steps, set model.remat=True, or "
+                "shard the head over more devices (mesh.model)"
+            )
+    return None
+
+
+def run_dry(config, workdir: str, *, config_name: str, as_json: bool) -> int:
+    """Prints the plan; returns 0, or 2 (with one line on stderr) when it won't fit."""
+    import sys
+
+    try:
+        report = plan_run(config, workdir, config_name=config_name)
+    except DryRunError as e:
+        print(f"dry run: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(report) if as_json else format_plan(report))
+    problem = misfit_message(report)
+    if problem:
+        print(f"dry run: {problem}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,118 @@
+"""`python -m gld_jax.main --config configs/X.py --dry_run`: the recipe's six
+configs plan the recipe's stages and fit a v3-32; a plan that does not fit, or
+a bad target, stops with one line. Abstract shapes only: nothing is compiled."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from gld_jax.dry_run import GLDV2_COUNTS, misfit_message, plan_run, run_dry
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# DESIGN.md "Numbers the recipe uses": image sizes / epochs per model.
+RECIPE = {
+    "effb7": ("efficientnet_b7", (256, 512, 672), (10, 13, 1)),
+    "effb6": ("efficientnet_b6", (256, 512, 768), (10, 17, 1)),
+    "effb5": ("efficientnet_b5", (256, 576, 768), (10, 16, 1)),
+    "effb4": ("efficientnet_b4", (256, 704, 768), (10, 16, 1)),
+    "effb3": ("efficientnet_b3", (256, 544, 1024), (10, 18, 1)),
+    "resnest101": ("resnest101", (256, 576, 768), (10, 16, 1)),
+}
+
+
+def _load(name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+@pytest.mark.parametrize("name", sorted(RECIPE))
+def test_recipe_config_plans_the_recipe_and_fits_a_v3_32(name, tmp_path):
+    backbone, sizes, epochs = RECIPE[name]
+    config = _load(name)
+    report = plan_run(config, str(tmp_path), config_name=name)
+    assert report["backbone"] == backbone
+    assert report["fits"], misfit_message(report)
+    assert (report["accelerator"], report["num_devices"], report["hosts"]) == ("tpu_v3", 32, 4)
+    stages = report["stages"]
+    assert tuple(s["image_size"] for s in stages) == sizes
+    assert tuple(s["epochs"] for s in stages) == epochs
+    assert [s["classes"] for s in stages] == [203_094, 81_313, 81_313]
+    held_in = (config.folds - 1) / config.folds
+    for s in stages:
+        images = round(GLDV2_COUNTS[s["label_set"]][1] * held_in)
+        assert s["images"] == images
+        assert s["steps"] == math.ceil(s["epochs"] * images / s["global_batch"])
+        assert s["global_batch"] % 32 == 0
+        assert s["learning_rate"]["peak"] > 0
+        mem = s["memory_gib_per_device"]
+        parts = ("params", "grads", "optimizer", "ema", "activations")
+        assert mem["total"] == pytest.approx(sum(mem[k] for k in parts))
+        assert mem["activations"] > 0 and s["tflops_per_step"] > 0 and s["hours"] > 0
+    # The 203,094 x 3 x 512 head is split over the 8-way model axis: a device
+    # holds 1/8 of it. Head params in stage 0 = padded classes x K x D.
+    assert stages[0]["params"]["head"] == 203_264 * 3 * 512
+    head_gib = 4 * stages[0]["params"]["head"] / 8 / 2**30
+    emb_gib = 4 * stages[0]["params"]["embedder"] / 2**30
+    assert stages[0]["memory_gib_per_device"]["params"] == pytest.approx(head_gib + emb_gib)
+    # Different folds per model, as the recipe trained them.
+    assert config.fold in range(5)
+
+
+def test_plan_that_does_not_fit_fails_with_one_line(tmp_path, capsys):
+    config = _load("effb7")
+    config.optimizer.accumulate_steps = 1
+    config.stages[1].batch_size = 512  # 16 images of 512 px per v3 core
+    assert run_dry(config, str(tmp_path), config_name="effb7", as_json=False) == 2
+    out, err = capsys.readouterr()
+    assert "DOES NOT FIT" in out
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dry run: stage 1 (512 px")
+    assert "GiB per device" in lines[0]
+
+
+def test_bad_target_and_synthetic_without_manifest_are_one_line_errors(tmp_path, capsys):
+    config = _load("effb3")
+    config.target.accelerator = "tpu_v9"
+    assert run_dry(config, str(tmp_path), config_name="x", as_json=False) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [err[0]] and "target.accelerator: unknown 'tpu_v9'" in err[0]
+
+    demo = _load("demo")
+    assert run_dry(demo, str(tmp_path), config_name="demo", as_json=False) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "manifest" in err[0]
+
+
+def test_main_dry_run_json_is_one_object_and_builds_nothing(tmp_path):
+    workdir = tmp_path / "run"
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gld_jax.main",
+            "--config",
+            "configs/effb3.py",
+            "--dry_run",
+            "--json",
+            "--workdir",
+            str(workdir),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert report["backbone"] == "efficientnet_b3" and report["fits"] is True
+    assert [s["image_size"] for s in report["stages"]] == [256, 544, 1024]
+    assert not workdir.exists()  # a dry run writes nothing
