@@ -1,6 +1,7 @@
 """The evaluation CLI (python -m gld_jax.retrieval.evaluate): GAP lines, ensembles,
 index save/load, non-landmark re-ranking, user errors."""
 
+import json
 import subprocess
 import sys
 
@@ -210,3 +211,79 @@ def test_user_errors_are_one_line(tiny, capsys, argv, message):
     ]
     rc, out, err = _run(capsys, *argv, "--output", tiny / "x.csv")
     assert rc == 2 and message in err and len(err.strip().splitlines()) == 1 and not out
+
+
+def _ensemble_runs(tiny, fold_dir="fold0"):
+    """Two runs laid out as `gld_jax.main --mode embed` and scripts/tpu name them."""
+    runs = tiny / "runs"
+    for name, index, test in (("m1", "index.npz", "test.npz"), ("m2", "index_b.npz", "test_b.npz")):
+        emb = runs / f"{name}_{fold_dir}" / "embeddings"
+        (emb / "train").mkdir(parents=True)
+        (emb / "test").mkdir()
+        (emb / "train" / "part-00000.npz").write_bytes((tiny / index).read_bytes())
+        (emb / "test" / "part-00000.npz").write_bytes((tiny / test).read_bytes())
+    config = tiny / "ens.py"
+    config.write_text(
+        "import ml_collections\n"
+        "def get_config():\n"
+        "    return ml_collections.ConfigDict(dict(runs_root='unset', fold=0, runs=['m1', 'm2'],\n"
+        "        weights=[1.0, 2.0], mode='top1', num_neighbors=5, nonlandmark='', solution=''))\n"
+    )
+    return runs, config
+
+
+def test_ensemble_config_names_the_runs_and_flags_override_it(tiny, capsys):
+    runs, config = _ensemble_runs(tiny)
+    rc, out, err = _run(
+        capsys,
+        "--config",
+        config,
+        f"--config.runs_root={runs}",
+        "--config.solution",
+        tiny / "solution.csv",
+        "--output",
+        tiny / "cfg.csv",
+    )
+    assert rc == 0, err
+    assert "GAP 0.666667" in out.splitlines()  # the same as the flags-only ensemble
+    assert json.loads(out.splitlines()[-1])["models"] == 2
+    assert read_submission(tiny / "cfg.csv")["q4"] == (20, pytest.approx(0.8, abs=2e-3))
+    # A flag after the config wins over the config's value.
+    rc, out, _ = _run(
+        capsys,
+        "--config",
+        config,
+        f"--config.runs_root={runs}",
+        "--mode",
+        "knn_vote",
+        "--output",
+        tiny / "knn.csv",
+    )
+    assert rc == 0 and json.loads(out.splitlines()[-1])["mode"] == "knn_vote"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--config.nope=1"], "--config.nope: unknown key"),
+        (["--config.fold=zero"], "--config.fold=zero: not a int"),
+        (["--config.weights=[1.0]"], "1 weights for 2 runs"),
+        (["--config.fold=3"], "m1_fold3"),
+    ],
+)
+def test_ensemble_config_errors_are_one_line(tiny, capsys, extra, message):
+    runs, config = _ensemble_runs(tiny)
+    argv = ["--config", config, f"--config.runs_root={runs}", *extra, "--output", tiny / "x.csv"]
+    rc, _, err = _run(capsys, *argv)
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and message in err
+
+
+def test_the_recipe_ensemble_config_reads_six_runs_of_the_tpu_scripts_layout():
+    from gld_jax.retrieval.ensemble_config import config_to_args, load_ensemble_config
+
+    config = load_ensemble_config("configs/ensemble.py", {"runs_root": "gs://b/runs"})
+    args = config_to_args(config)
+    index = args[args.index("--index") + 1 : args.index("--queries")]
+    assert index[0] == "gs://b/runs/effb7_fold0/embeddings/train"
+    assert index[-1] == "gs://b/runs/resnest101_fold0/embeddings/train"
+    assert len(index) == 6 and args[args.index("--mode") + 1] == "top1"

@@ -26,6 +26,11 @@ import numpy as np
 
 from gld_jax.retrieval.embeddings import EmbeddingSet, load_embeddings
 from gld_jax.retrieval.ensemble import combine_embedding_sets, model_means
+from gld_jax.retrieval.ensemble_config import (
+    config_to_args,
+    load_ensemble_config,
+    split_config_args,
+)
 from gld_jax.retrieval.index import NeighborIndex, build_scann_index, load_index
 from gld_jax.retrieval.predict import predict_knn_vote, predict_top1
 from gld_jax.retrieval.rerank import nonlandmark_similarity, predict_nonlandmark_rerank
@@ -190,6 +195,11 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m gld_jax.retrieval.evaluate",
         description="Ensemble retrieval with ScaNN -> Kaggle submission, GAP and a report.",
     )
+    p.add_argument(
+        "--config",
+        help="an ensemble config file (configs/ensemble.py) naming the runs; "
+        "--config.KEY=VALUE overrides its keys, other flags override it",
+    )
     p.add_argument("--index", nargs="+", help="index embedding set per model (.npz or folder)")
     p.add_argument("--queries", nargs="+", required=True, help="query (test) set per model")
     p.add_argument("--weights", nargs="+", type=float, help="weight per model (default 1 each)")
@@ -239,7 +249,16 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        config_path, overrides, rest = split_config_args(argv)
+        if config_path is not None:
+            # The config's flags first: flags given on the command line win.
+            rest = config_to_args(load_ensemble_config(config_path, overrides)) + rest
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    args = _parser().parse_args(rest)
     try:
         _check_args(args)
         means = None
