@@ -28,6 +28,7 @@ from gld_jax.retrieval.submission import write_submission
 from gld_jax.train.mesh import make_mesh
 from gld_jax.train.stages import StagePlan
 from gld_jax.train.trainer import train
+from gld_jax.utils import fs
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ def embed_splits(config, tfrecord_dir: str, mesh, model, plan: StagePlan, workdi
         directory = os.path.join(embeddings_dir(workdir), split)
         if jax.process_index() == 0:
             declare_shard_set(directory, jax.process_count())
-        if all(os.path.exists(shard_path(directory, p)) for p in range(jax.process_count())):
+        if all(fs.exists(shard_path(directory, p)) for p in range(jax.process_count())):
             continue
         path = shard_path(directory, jax.process_index())
         embedder = embedder or Embedder(model, mesh)
@@ -132,7 +133,7 @@ def evaluate(config, workdir: str) -> dict:
     out: dict = {"submission": submission, "num_queries": len(queries), "index_size": len(index)}
     data_dir, _ = resolve_dirs(config, workdir)
     solution_path = os.path.join(data_dir, SOLUTION_CSV)
-    if os.path.exists(solution_path):
+    if fs.exists(solution_path):
         predictions = {
             i: (int(lab), float(c)) for i, lab, c in zip(queries.ids, labels, conf, strict=True)
         }

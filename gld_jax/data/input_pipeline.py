@@ -43,13 +43,15 @@ def read_manifest(tfrecord_dir: str) -> dict:
       FileNotFoundError: no manifest (the directory was not built, or not finished).
       ValueError: a manifest version this code does not read.
     """
+    from gld_jax.utils import fs
+
     path = os.path.join(tfrecord_dir, MANIFEST_FILE)
-    if not os.path.exists(path):
+    if not fs.exists(path):
         raise FileNotFoundError(
             f"no {MANIFEST_FILE} in {tfrecord_dir}; build it with "
             "python -m tfrecords_tools.build_gldv2"
         )
-    with open(path, encoding="utf-8") as f:
+    with fs.open_file(path) as f:
         manifest = json.load(f)
     if manifest.get("version") != SUPPORTED_VERSION:
         raise ValueError(
@@ -197,9 +199,14 @@ def _shard_files(
 # --------------------------------------------------------------------------- train
 
 
-def records_per_epoch(tfrecord_dir: str, *, label_set: str = "full",
-                      folds: Sequence[int] | None = None, process_index: int = 0,
-                      process_count: int = 1) -> int:
+def records_per_epoch(
+    tfrecord_dir: str,
+    *,
+    label_set: str = "full",
+    folds: Sequence[int] | None = None,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> int:
     """Training records process `process_index` reads in one epoch (from the manifest).
 
     Over all processes these add up to num_examples(tfrecord_dir, "train", ...): every
@@ -294,26 +301,36 @@ def train_dataset(
     manifest = read_manifest(tfrecord_dir)
     _check_label_set(manifest, label_set)
     if image_size < 1 or batch_size < 1 or skip_batches < 0:
-        raise ValueError(f"need image_size, batch_size >= 1 and skip_batches >= 0, got "
-                         f"{image_size}, {batch_size}, {skip_batches}")
+        raise ValueError(
+            f"need image_size, batch_size >= 1 and skip_batches >= 0, got "
+            f"{image_size}, {batch_size}, {skip_batches}"
+        )
     if sampling not in SAMPLING_POWERS:
         raise ValueError(f"sampling must be one of {sorted(SAMPLING_POWERS)}, got {sampling!r}")
     fold_list = None if folds is None else _check_folds(manifest, folds)
     files = _files(tfrecord_dir, manifest, "train")
     my_files, shard_records = _shard_files(files, process_index, process_count)
-    mine = records_per_epoch(tfrecord_dir, label_set=label_set, folds=fold_list,
-                             process_index=process_index, process_count=process_count)
+    mine = records_per_epoch(
+        tfrecord_dir,
+        label_set=label_set,
+        folds=fold_list,
+        process_index=process_index,
+        process_count=process_count,
+    )
     if mine == 0:  # an infinite stream over nothing would hang, not fail
-        raise ValueError(f"no training records for label_set={label_set!r}, folds={folds} "
-                         f"on process {process_index} of {process_count} in {tfrecord_dir}")
+        raise ValueError(
+            f"no training records for label_set={label_set!r}, folds={folds} "
+            f"on process {process_index} of {process_count} in {tfrecord_dir}"
+        )
     config = augment_config or augment_lib.AugmentConfig()
     parse = _parser(_label_table(manifest, label_set))
     keep = _selector("train", label_set, fold_list)
     weights = None
     if sampling != "uniform":
         counts = manifest["label_sets"][label_set]["class_counts"]
-        weights = tf.constant(sampling_weights(np.asarray(counts), SAMPLING_POWERS[sampling]),
-                              tf.float32)
+        weights = tf.constant(
+            sampling_weights(np.asarray(counts), SAMPLING_POWERS[sampling]), tf.float32
+        )
     files_t = tf.constant(my_files, tf.string)
 
     def epoch_records(epoch: tf.Tensor) -> tf.data.Dataset:
@@ -327,15 +344,21 @@ def train_dataset(
             ds = ds.map(parse).filter(keep).shard(process_count, process_index)
         else:
             ds = ds.shuffle(len(my_files), seed=epoch_seed)
-            ds = ds.interleave(_read_records, cycle_length=min(len(my_files), 16),
-                               block_length=1, num_parallel_calls=tf.data.AUTOTUNE,
-                               deterministic=deterministic)
-            ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE,
-                        deterministic=deterministic)
+            ds = ds.interleave(
+                _read_records,
+                cycle_length=min(len(my_files), 16),
+                block_length=1,
+                num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=deterministic,
+            )
+            ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
             ds = ds.filter(keep)
         if weights is not None:
-            ds = ds.flat_map(lambda ex: tf.data.Dataset.from_tensors(ex).repeat(
-                _copies(ex, weights, epoch_seed, process_index)))
+            ds = ds.flat_map(
+                lambda ex: tf.data.Dataset.from_tensors(ex).repeat(
+                    _copies(ex, weights, epoch_seed, process_index)
+                )
+            )
         return ds.shuffle(shuffle_buffer, seed=epoch_seed * 7919 + process_index)
 
     first = skip_batches * batch_size
@@ -348,11 +371,18 @@ def train_dataset(
         if augment:
             elem_seed = tf.stack([tf.constant(seed, tf.int64) * 65537 + process_index, i])
             image = augment_lib.augment_train_image(
-                ex[features.ENCODED], ex[features.HEIGHT], ex[features.WIDTH], elem_seed,
-                image_size, config, dct_scaling=dct_scaling)
+                ex[features.ENCODED],
+                ex[features.HEIGHT],
+                ex[features.WIDTH],
+                elem_seed,
+                image_size,
+                config,
+                dct_scaling=dct_scaling,
+            )
         else:
-            image = augment_lib.decode_eval_image(ex[features.ENCODED], image_size,
-                                                  dct_scaling=dct_scaling)
+            image = augment_lib.decode_eval_image(
+                ex[features.ENCODED], image_size, dct_scaling=dct_scaling
+            )
         return {"image": image, "label": tf.cast(ex["label"], tf.int32)}
 
     ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
@@ -364,8 +394,9 @@ def train_dataset(
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def _copies(ex: dict[str, tf.Tensor], weights: tf.Tensor, epoch_seed: tf.Tensor,
-            process_index: int) -> tf.Tensor:
+def _copies(
+    ex: dict[str, tf.Tensor], weights: tf.Tensor, epoch_seed: tf.Tensor, process_index: int
+) -> tf.Tensor:
     """floor(w) or ceil(w) copies of a record (w = its class weight), E[copies] = w.
 
     The coin is a stateless function of (record id, epoch seed), so reruns agree.

@@ -8,11 +8,13 @@ id or -1 where there is none. A folder of shards loads as their concatenation.
 from __future__ import annotations
 
 import dataclasses
-import glob
+import io
 import json
 import os
 
 import numpy as np
+
+from gld_jax.utils import fs
 
 
 @dataclasses.dataclass
@@ -31,16 +33,20 @@ class EmbeddingSet:
 
 
 def save_embeddings(path: str, emb: EmbeddingSet, *, dtype=np.float32) -> None:
-    """Writes atomically (temp file + rename) so a crash leaves no half file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    """Writes atomically (temp file + rename) so a crash leaves no half file.
+    `path` may be local or remote (gs://...)."""
+    fs.makedirs(fs.parent(path))
     tmp = path + ".tmp.npz"
+    buf = io.BytesIO()  # zip writing seeks back; remote files only stream forward
     np.savez(
-        tmp,
+        buf,
         ids=np.asarray(emb.ids, dtype=str),
         embeddings=np.asarray(emb.embeddings, dtype=dtype),
         labels=np.asarray(emb.labels, dtype=np.int64),
     )
-    os.replace(tmp, path)
+    with fs.open_file(tmp, "wb") as f:
+        f.write(buf.getvalue())
+    fs.replace(tmp, path)
 
 
 SHARD_SET = "shards.json"  # {"num_shards": P}: the folder is one set of P per-process shards
@@ -58,10 +64,10 @@ def declare_shard_set(directory: str, num_shards: int) -> None:
       ValueError: the folder already declares another count (shards of a run
         with another process count would mix into one set).
     """
-    os.makedirs(directory, exist_ok=True)
+    fs.makedirs(directory)
     meta = os.path.join(directory, SHARD_SET)
-    if os.path.exists(meta):
-        with open(meta) as f:
+    if fs.exists(meta):
+        with fs.open_file(meta) as f:
             old = json.load(f)["num_shards"]
         if old != num_shards:
             raise ValueError(
@@ -69,20 +75,20 @@ def declare_shard_set(directory: str, num_shards: int) -> None:
                 "remove the folder to re-embed"
             )
         return
-    with open(meta + ".tmp", "w") as f:
+    with fs.open_file(meta + ".tmp", "w") as f:
         json.dump({"num_shards": num_shards}, f)
-    os.replace(meta + ".tmp", meta)
+    fs.replace(meta + ".tmp", meta)
 
 
 def _shard_files(directory: str) -> list[str]:
-    files = sorted(glob.glob(os.path.join(directory, "*.npz")))
+    files = fs.glob(os.path.join(directory, "*.npz"))
     meta = os.path.join(directory, SHARD_SET)
-    if not os.path.exists(meta):
+    if not fs.exists(meta):
         return files
-    with open(meta) as f:
+    with fs.open_file(meta) as f:
         n = json.load(f)["num_shards"]
     expected = [shard_path(directory, p) for p in range(n)]
-    missing = [os.path.basename(f) for f in expected if not os.path.exists(f)]
+    missing = [os.path.basename(f) for f in expected if not fs.exists(f)]
     if missing:
         raise ValueError(f"{directory}: incomplete shard set, missing {missing} of {n}")
     extra = sorted(set(files) - set(expected))
@@ -97,17 +103,19 @@ def load_embeddings(path: str) -> EmbeddingSet:
     A folder with ``shards.json`` (written by multi-process embedding) must hold
     exactly its ``part-00000.npz`` .. ``part-<P-1>.npz``, else ValueError.
     """
-    if os.path.isdir(path):
+    if fs.isdir(path):
         files = _shard_files(path)
     elif any(ch in path for ch in "*?["):
-        files = sorted(glob.glob(path))
+        files = fs.glob(path)
     else:
         files = [path]
-    if not files or not all(os.path.exists(f) for f in files):
+    if not files or not all(fs.exists(f) for f in files):
         raise FileNotFoundError(f"no embedding file at {path!r}")
     parts = []
     for f in files:
-        with np.load(f, allow_pickle=False) as z:
+        with fs.open_file(f, "rb") as raw:  # read whole: np.load seeks, GCS files are slow to
+            data = io.BytesIO(raw.read())
+        with np.load(data, allow_pickle=False) as z:
             missing = {"ids", "embeddings", "labels"} - set(z.files)
             if missing:
                 raise ValueError(f"{f}: not an embedding set (missing {sorted(missing)})")

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from gld_jax.utils import fs
+
 __all__ = ["write_submission"]
 
 
@@ -46,9 +48,9 @@ def write_submission(
         raise ValueError(f"labels must be integers, got {labels_arr.dtype}")
     if len(set(ids)) != len(ids) or any(not i or "," in i for i in ids):
         raise ValueError("ids must be unique, non-empty and contain no comma")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    path = str(path)
+    fs.makedirs(fs.parent(path))
+    with fs.open_file(path, "w") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(["id", "landmarks"])
         for image_id, label, conf in zip(ids, labels_arr.tolist(), conf_arr.tolist(), strict=True):

@@ -1,12 +1,23 @@
-"""TensorBoard scalars (tensorboardX: no TensorFlow needed on the train host)."""
+"""TensorBoard scalars: tensorboardX for local logdirs (no TensorFlow needed on
+the train host), TensorFlow's own writer for gs:// (tensorboardX would need
+google-cloud-storage there, which is not among our pins)."""
 
 from __future__ import annotations
+
+from gld_jax.utils import fs
 
 
 class SummaryWriter:
     def __init__(self, logdir: str, *, enabled: bool = True):
-        self._writer = None
-        if enabled:
+        self._writer = self._tf = None
+        if not enabled:
+            return
+        if fs.is_remote(logdir):
+            import tensorflow as tf
+
+            self._tf = tf
+            self._writer = tf.summary.create_file_writer(logdir)
+        else:
             from tensorboardX import SummaryWriter as _Writer
 
             self._writer = _Writer(logdir)
@@ -15,7 +26,12 @@ class SummaryWriter:
         if self._writer is None:
             return
         for name, value in values.items():
-            self._writer.add_scalar(f"{prefix}/{name}" if prefix else name, value, step)
+            tag = f"{prefix}/{name}" if prefix else name
+            if self._tf is not None:
+                with self._writer.as_default():
+                    self._tf.summary.scalar(tag, float(value), step=step)
+            else:
+                self._writer.add_scalar(tag, value, step)
 
     def close(self) -> None:
         if self._writer is not None:
