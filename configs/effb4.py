@@ -20,6 +20,6 @@ def get_config():
     stages = (
         RecipeStage(256, 10, recipe_batch_per_gpu=32, recipe_peak_lr=0.001, batch_size=256),
         RecipeStage(704, 16, recipe_batch_per_gpu=22, recipe_peak_lr=0.001, batch_size=128),
-        RecipeStage(768, 1, recipe_batch_per_gpu=13, recipe_peak_lr=0.0001, batch_size=96),
+        RecipeStage(768, 1, recipe_batch_per_gpu=13, recipe_peak_lr=0.0001, batch_size=128),
     )
     return recipe_config("efficientnet_b4", stages, fold=0)

@@ -19,7 +19,7 @@ from gld_jax.config.recipe import RecipeStage, recipe_config
 def get_config():
     stages = (
         RecipeStage(256, 10, recipe_batch_per_gpu=32, recipe_peak_lr=0.001, batch_size=256),
-        RecipeStage(576, 16, recipe_batch_per_gpu=24, recipe_peak_lr=0.001, batch_size=160),
-        RecipeStage(768, 1, recipe_batch_per_gpu=13, recipe_peak_lr=0.0003, batch_size=96),
+        RecipeStage(576, 16, recipe_batch_per_gpu=24, recipe_peak_lr=0.001, batch_size=128),
+        RecipeStage(768, 1, recipe_batch_per_gpu=13, recipe_peak_lr=0.0003, batch_size=64),
     )
     return recipe_config("efficientnet_b5", stages, fold=0)

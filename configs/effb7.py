@@ -22,6 +22,4 @@ def get_config():
         RecipeStage(512, 13, recipe_batch_per_gpu=16, recipe_peak_lr=0.001, batch_size=128),
         RecipeStage(672, 1, recipe_batch_per_gpu=10, recipe_peak_lr=0.0005, batch_size=64),
     )
-    # Two micro-batches per update: 4 images per device at 512 px would fill
-    # the whole 16 GiB of a v3 core (python -m gld_jax.main ... --dry_run).
-    return recipe_config("efficientnet_b7", stages, fold=0, accumulate_steps=2)
+    return recipe_config("efficientnet_b7", stages, fold=0)

@@ -19,8 +19,8 @@ from gld_jax.config.recipe import RecipeStage, recipe_config
 def get_config():
     stages = (
         RecipeStage(256, 10, recipe_batch_per_gpu=32, recipe_peak_lr=0.001, batch_size=256),
-        RecipeStage(576, 16, recipe_batch_per_gpu=22, recipe_peak_lr=0.001, batch_size=160),
-        RecipeStage(768, 1, recipe_batch_per_gpu=13, recipe_peak_lr=0.0005, batch_size=96),
+        RecipeStage(576, 16, recipe_batch_per_gpu=22, recipe_peak_lr=0.001, batch_size=128),
+        RecipeStage(768, 1, recipe_batch_per_gpu=13, recipe_peak_lr=0.0005, batch_size=128),
     )
     # Dense 3x3 convolutions: assume a higher MFU than the EfficientNets' (unmeasured).
     return recipe_config("resnest101", stages, fold=0, mfu=0.15)
