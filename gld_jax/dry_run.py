@@ -212,8 +212,10 @@ def plan_run(config, workdir: str, *, config_name: str = "") -> dict:
     for plan, stage_cfg in zip(plans, config.stages, strict=True):
         c_pad = padded_num_classes(plan.num_classes)
         head_params = c_pad * m.sub_centers * m.embedding_dim
-        # Per device, float32: embedder replicated, head split over 'model'.
-        param_bytes = 4 * (embedder_params + head_params / model_axis)
+        # Per device, float32: embedder replicated (or split over 'data' with
+        # FSDP; its few small leaves stay replicated), head split over 'model'.
+        embedder_share = embedder_params / (data if config.mesh.fsdp else 1)
+        param_bytes = 4 * (embedder_share + head_params / model_axis)
         micro = plan.batch_size // (num_devices * accumulate)  # images per device
         head_rows = plan.batch_size // (data * accumulate)  # the head sees its data group
         _, act_bytes = fwd.at(plan.image_size, micro)
@@ -332,8 +334,8 @@ def misfit_message(report: dict) -> str | None:
                 f"stage {s['stage']} ({s['image_size']} px, batch {s['per_device_batch']} per "
                 f"device) needs {mem['total']:.1f} GiB per device but a "
                 f"{report['accelerator_name']} has {mem['usable']:.1f} GiB usable: lower "
-                "the batch, raise optimizer.accumulate_steps, set model.remat=True, or "
-                "shard the head over more devices (mesh.model)"
+                "the batch, raise optimizer.accumulate_steps, set model.remat=True, "
+                "mesh.fsdp=True, or shard the head over more devices (mesh.model)"
             )
     return None
 

@@ -49,3 +49,19 @@ def test_uneven_class_count_falls_back_to_replicated():
     mesh = mesh_lib.make_mesh(2, 4)
     sh = mesh_lib.tree_shardings({"head": {"centers": jnp.zeros((10, 3, 16))}}, mesh)
     assert sh["head"]["centers"].spec == P()
+
+
+def test_fsdp_splits_large_leaves_over_data_and_keeps_the_head_rule():
+    from jax.sharding import AbstractMesh
+
+    mesh = AbstractMesh((4, 2), ("data", "model"))
+    spec = mesh_lib.spec_for
+    # the largest dimension that 4 divides carries 'data'
+    assert spec("backbone/conv/kernel", (3, 3, 64, 96), mesh, fsdp=True) == mesh_lib.P(
+        None, None, None, "data"
+    )
+    assert spec("neck/linear/kernel", (1280, 512), mesh, fsdp=True) == mesh_lib.P("data")
+    assert spec("backbone/conv/kernel", (3, 3, 7, 11), mesh, fsdp=True) == mesh_lib.P()
+    assert spec("backbone/bn/scale", (64,), mesh, fsdp=True) == mesh_lib.P()  # small
+    assert spec("head/centers", (64, 3, 512), mesh, fsdp=True) == mesh_lib.P("model", None, None)
+    assert spec("neck/linear/kernel", (1280, 512), mesh) == mesh_lib.P()  # off by default

@@ -20,7 +20,7 @@ from gld_jax.train.trainer import stage_label_info, train
 NUM_CLASSES = 16
 
 
-def _one_step(mesh, batch, margins):
+def _one_step(mesh, batch, margins, fsdp=False):
     from flax import nnx
 
     model = LandmarkModel(
@@ -35,7 +35,7 @@ def _one_step(mesh, batch, margins):
     # lr * sign(g), which turns float noise on near-zero gradients into flips.)
     tx = optax.sgd(0.1)
     state = init_train_state(params, stats, tx)
-    shardings = state_shardings(state, mesh)
+    shardings = state_shardings(state, mesh, fsdp=fsdp)
     state = jax.device_put(state, shardings)
     step = make_train_step(
         graphdef=graphdef,
@@ -94,6 +94,32 @@ def test_sharded_step_equals_single_device_step():
         assert np.linalg.norm(d8 - d1) <= 1e-3 * np.linalg.norm(d1) + 1e-5, name
     for a, b in zip(jax.tree.leaves(s1.batch_stats), jax.tree.leaves(s8.batch_stats), strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+
+
+def test_fsdp_step_equals_single_device_step_and_splits_the_backbone():
+    rng = np.random.default_rng(1)
+    batch = {
+        "image": rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
+        "label": rng.integers(0, NUM_CLASSES, (8,), dtype=np.int32),
+    }
+    margins = jnp.asarray(dynamic_margins(np.arange(1, NUM_CLASSES + 1)), jnp.float32)
+    single = mesh_lib.make_mesh(1, 1, devices=jax.devices()[:1])
+    p0, s1, m1, _, _ = _one_step(single, batch, margins)
+    _, s8, m8, live, _ = _one_step(mesh_lib.make_mesh(4, 2), batch, margins, fsdp=True)
+    np.testing.assert_allclose(m8["loss"], m1["loss"], rtol=1e-5)
+    # Every large backbone/neck leaf is split 4 ways over 'data' (the head keeps
+    # its class split over 'model'); small leaves (BN scales) stay whole.
+    big = [a for a in jax.tree.leaves(live.params) if a.size >= mesh_lib.FSDP_MIN_SIZE]
+    assert big and all(
+        a.addressable_shards[0].data.size * 4 == a.size
+        for a in big
+        if a.sharding.spec != mesh_lib.P("model", None, None)
+    )
+    for before, a, b in zip(
+        jax.tree.leaves(p0), jax.tree.leaves(s1.params), jax.tree.leaves(s8.params), strict=True
+    ):
+        d1, d8 = np.asarray(a) - before, np.asarray(b) - before
+        assert np.linalg.norm(d8 - d1) <= 1e-3 * np.linalg.norm(d1) + 1e-5
 
 
 @pytest.fixture(scope="module")

@@ -118,7 +118,9 @@ def base_config() -> ml_collections.ConfigDict:
     )
     c.stages = [stage(image_size=256, epochs=10, batch_size=256, learning_rate=1e-3)]
 
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, model=1))
+    # fsdp: split the backbone's large parameters and their optimizer state over
+    # 'data' too (ZeRO-3 style), for models whose replicated state is too big.
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, model=1, fsdp=False))
     # Multi-host: jax.distributed.initialize() runs when `enabled` is true or the
     # environment sets GLD_JAX_DISTRIBUTED=1. TPU VMs need no addresses; other
     # clusters give the coordinator "host:port", the process count and this id.

@@ -70,28 +70,53 @@ def path_to_str(path: tuple) -> str:
     return "/".join(parts)
 
 
-def spec_for(path: str, shape: tuple[int, ...], mesh: Mesh, rules=DEFAULT_RULES) -> P:
+# FSDP: parameters (and their optimizer moments) of at least this many elements
+# are split over 'data' too; smaller ones (norms, biases) stay replicated, where
+# a gather would cost more than the memory it saves.
+FSDP_MIN_SIZE = 2**14
+
+
+def _fsdp_spec(shape: tuple[int, ...], mesh: Mesh) -> P:
+    """Split the largest dimension that 'data' divides; replicated if none does."""
+    n = mesh.shape[DATA_AXIS]
+    if n == 1 or int(np.prod(shape)) < FSDP_MIN_SIZE:
+        return P()
+    dims = sorted(range(len(shape)), key=lambda d: -shape[d])
+    for d in dims:
+        if shape[d] % n == 0:
+            return P(*([None] * d + [DATA_AXIS]))
+    return P()
+
+
+def spec_for(
+    path: str, shape: tuple[int, ...], mesh: Mesh, rules=DEFAULT_RULES, *, fsdp: bool = False
+) -> P:
     """The PartitionSpec of the first matching rule, or replicated when the rule's
-    sharded dimensions do not divide evenly (small heads on big meshes)."""
+    sharded dimensions do not divide evenly (small heads on big meshes). With
+    `fsdp`, a leaf the rules leave replicated is split over 'data' instead."""
     spec = next((spec for pattern, spec in rules if re.search(pattern, path)), P())
     if len(spec) > len(shape):
-        return P()
+        spec = P()
     for dim, axis in zip(shape, spec, strict=False):
         if axis is not None and dim % mesh.shape[axis]:
-            return P()
+            spec = P()
+            break
+    if fsdp and spec == P() and shape:
+        return _fsdp_spec(shape, mesh)
     return spec
 
 
-def tree_shardings(tree, mesh: Mesh, rules=DEFAULT_RULES):
+def tree_shardings(tree, mesh: Mesh, rules=DEFAULT_RULES, *, fsdp: bool = False):
     """NamedShardings for every leaf of a pytree (params, optimizer state, ...).
 
     Optimizer moments mirror their parameter's path (e.g. '0/mu/head/centers'),
-    so the same regexes shard them the same way as the parameter.
+    so the same regexes shard them the same way as the parameter. `fsdp` also
+    splits the large replicated leaves over 'data' (gathered by XLA where used).
     """
 
     def one(path, leaf):
         shape = tuple(getattr(leaf, "shape", ()))
-        return NamedSharding(mesh, spec_for(path_to_str(path), shape, mesh, rules))
+        return NamedSharding(mesh, spec_for(path_to_str(path), shape, mesh, rules, fsdp=fsdp))
 
     return jax.tree_util.tree_map_with_path(one, tree)
 

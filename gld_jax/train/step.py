@@ -129,9 +129,10 @@ def train_step_fn(
     return new_state, metrics
 
 
-def state_shardings(state: TrainState, mesh: Mesh):
-    """Shardings for every leaf of a TrainState, from the mesh's rules."""
-    return mesh_lib.tree_shardings(state, mesh)
+def state_shardings(state: TrainState, mesh: Mesh, *, fsdp: bool = False):
+    """Shardings for every leaf of a TrainState, from the mesh's rules (`fsdp`:
+    large backbone/neck leaves split over 'data' as well, see train.mesh)."""
+    return mesh_lib.tree_shardings(state, mesh, fsdp=fsdp)
 
 
 def make_train_step(

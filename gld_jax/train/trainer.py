@@ -233,7 +233,7 @@ def _train_stages(
         model.train()
         graphdef, params, stats, rng_state = split_model(model)
         state = init_train_state(params, stats, tx, ema=config.optimizer.ema_decay > 0)
-        shardings = state_shardings(state, mesh)
+        shardings = state_shardings(state, mesh, fsdp=config.mesh.fsdp)
         state = jax.device_put(state, shardings)
         if resuming:
             state = state_from_tree(state, ckpt.restore(latest, state_to_tree(state)))
