@@ -1,6 +1,7 @@
-"""Two processes on 127.0.0.1 (gloo collectives, 4 fake CPU devices each) train
-the same global batches as one 8-device process: the loss curves agree, and both
-processes write, then restore, one shared Orbax checkpoint."""
+"""Two processes on 127.0.0.1 (gloo collectives, 4 fake CPU devices each): the
+class-sharded head's loss and gradients from each host's own rows equal the
+single-process ones (make test); and (make slow) two processes train the same
+global batches as one 8-device process, with one shared Orbax checkpoint."""
 
 import json
 import os
@@ -65,6 +66,49 @@ def _losses(result):
 
 def _grad_norms(result):
     return [h["grad_norm"] for h in result["history"]]
+
+
+def test_two_hosts_class_sharded_head_equals_one_process(tmp_path):
+    """jax.distributed over 2 processes, mesh (data=2, model=4): each process
+    feeds only its 8 of the 16 rows; loss and gradients equal one device's."""
+    sys.path.insert(0, HERE)
+    import jax
+    from multihost_head_problem import loss_and_grads, problem
+
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                os.path.join(HERE, "multihost_head_worker.py"),
+                "--process_id",
+                str(i),
+                "--num_processes",
+                "2",
+                "--port",
+                str(port),
+                "--out",
+                str(tmp_path / f"out-{i}.npz"),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    for p, out in zip(procs, outs, strict=True):
+        assert p.returncode == 0, out[-3000:]
+    single = jax.device_get(jax.jit(loss_and_grads, device=jax.devices()[0])(*problem()))
+    ref_loss, (ref_ge, ref_gc) = single
+    for i in range(2):
+        got = np.load(tmp_path / f"out-{i}.npz")
+        assert int(got["process_count"]) == 2 and int(got["head_shard"]) == 16
+        np.testing.assert_allclose(got["loss"], ref_loss, rtol=1e-5)
+        np.testing.assert_allclose(got["grad_emb"], ref_ge, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(got["grad_centers"], ref_gc, rtol=1e-5, atol=1e-7)
 
 
 @pytest.fixture(scope="module")
