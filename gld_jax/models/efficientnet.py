@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gld_jax.models.layers import Conv2d, ConvImpl, DepthwiseConv2d, DropPath
+from gld_jax.models.layers import BatchNorm, Conv2d, ConvImpl, DepthwiseConv2d, DropPath
 
 BN_MOMENTUM = 0.99
 BN_EPSILON = 1e-3
@@ -145,7 +145,8 @@ def block_specs(
 
 def _bn(features: int, dtype, rngs: nnx.Rngs) -> nnx.BatchNorm:
     # Two-pass variance: E[x^2]-E[x]^2 cancels badly when |mean| >> std.
-    return nnx.BatchNorm(
+    # layers.BatchNorm is nnx.BatchNorm with a hand-written train-mode gradient on CPU.
+    return BatchNorm(
         features,
         momentum=BN_MOMENTUM,
         epsilon=BN_EPSILON,

@@ -97,12 +97,25 @@ def _conv_lax(x, kernel, strides, pads, groups):
     )
 
 
+def _matmul_1x1(x, w):
+    """[N, H, W, Cin] x [Cin, Cout] as one 2-D matmul over the N*H*W rows.
+
+    Autodiff of this form gives the kernel gradient as one dot contracting the rows
+    of both operands ([Cin, Cout] out, no transposes). The 4-D einsum's gradient came
+    out as a dot that XLA:CPU fed a transposed copy of the output gradient, with
+    the BN/swish backward fused into (and recomputed for) that copy: 73 ms for the
+    [32, 64, 64, 96] one in the B0 train step (2026-11-27).
+    """
+    n, h, wd, cin = x.shape
+    return jnp.dot(x.reshape(n * h * wd, cin), w).reshape(n, h, wd, w.shape[-1])
+
+
 def _conv_shift_dense(x, kernel, strides, pads):
-    """groups=1 conv as a sum over taps of einsums (a 1x1 conv is a single einsum)."""
+    """groups=1 conv as a sum over taps of matmuls (a 1x1 conv is a single matmul)."""
     kh, kw = kernel.shape[:2]
     out = None
     for i, j, win in _taps(_pad(x, pads), kh, kw, strides):
-        term = jnp.einsum("nhwc,cd->nhwd", win, kernel[i, j])
+        term = _matmul_1x1(win, kernel[i, j])
         out = term if out is None else out + term
     return out
 
@@ -122,12 +135,24 @@ def _depthwise_forward(x, kernel, strides, pads):
     return out.astype(jnp.result_type(x, kernel))
 
 
+def _materialized(x: jax.Array) -> jax.Array:
+    """x, computed once into a buffer before the taps read it.
+
+    Each of the kh*kw taps reads the tensor at a different offset; left alone, XLA:CPU
+    fuses x's producer (BN + swish in the forward, the BN/swish backward in the
+    backward) into every tap and recomputes it kh*kw times (measured: one 3x3
+    stride-2 input gradient on [32, 64, 64, 96] took 48 ms so, 2026-11-27).
+    """
+    return lax.optimization_barrier(x)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _conv_shift_depthwise(x, kernel, strides, pads):
-    return _depthwise_forward(x, kernel, strides, pads)
+    return _depthwise_forward(_materialized(x), kernel, strides, pads)
 
 
 def _conv_shift_depthwise_fwd(x, kernel, strides, pads):
+    x = _materialized(x)
     return _depthwise_forward(x, kernel, strides, pads), (x, kernel)
 
 
@@ -155,19 +180,48 @@ def _depthwise_input_grad(g, kernel, x_shape, strides, pads):
     return dxp[:, pt : pt + x_shape[1], pl : pl + x_shape[2], :]
 
 
-def _conv_shift_depthwise_bwd(strides, pads, residuals, g):
-    # Autodiff writes the kernel gradient as kh*kw separate reductions, which
-    # XLA:CPU compiles slowly (~0.75 s per 5x5 conv) and runs 2-3x slower than
-    # one reduction looped over the taps with lax.map. For the input gradient,
-    # autodiff's sum of pads is fastest up to 3x3; for 5x5 the flipped-kernel
-    # conv runs 2-4x faster (measured on [32, 8..16, 8..16, 144..480]).
-    x, kernel = residuals
+def _depthwise_input_grad_phases(g, kernel, x_shape, strides, pads):
+    """The input gradient of a strided depthwise conv, one output phase at a time.
+
+    Padded input row s*q + a receives g[h] * k[i] only for taps i = a + s*m (h = q - m),
+    so each of the sh*sw phases is a small stride-1 sum over its own taps of shifted
+    g; interleaving the phases gives dx. Every product is one that contributes,
+    unlike the dilated form, which multiplies the (s^2 - 1) / s^2 zeros of the
+    dilated gradient too.
+    """
     kh, kw, _, c = kernel.shape
-    if kh * kw <= 9:
-        _, vjp_x = jax.vjp(lambda x: _depthwise_forward(x, kernel, strides, pads), x)
-        (dx,) = vjp_x(g)
-    else:
-        dx = _depthwise_input_grad(g, kernel, x.shape, strides, pads).astype(x.dtype)
+    (sh, sw), ((pt, _), (pl, _)) = strides, pads
+    n, ho, wo, _ = g.shape
+    qh = -(-(x_shape[1] + sum(pads[0])) // sh)  # rows per phase (padded input, rounded up)
+    qw = -(-(x_shape[2] + sum(pads[1])) // sw)
+    acc_dtype = jnp.promote_types(jnp.result_type(g, kernel), jnp.float32)
+    w = kernel[:, :, 0, :].astype(acc_dtype)
+    zero = jnp.zeros((), acc_dtype)
+    gf = g.astype(acc_dtype)
+    rows = []
+    for a in range(sh):
+        cols = []
+        for b in range(sw):
+            acc = None
+            for mi in range(-(-(kh - a) // sh)):
+                for mj in range(-(-(kw - b) // sw)):
+                    # phase[q] = sum_m g[q - m] * k[a + s*m]: g shifted down by m, cropped.
+                    shifted = lax.pad(
+                        gf,
+                        zero,
+                        ((0, 0, 0), (mi, qh - ho - mi, 0), (mj, qw - wo - mj, 0), (0, 0, 0)),
+                    )
+                    term = shifted * w[a + sh * mi, b + sw * mj]
+                    acc = term if acc is None else acc + term
+            cols.append(jnp.zeros((n, qh, qw, c), acc_dtype) if acc is None else acc)
+        rows.append(jnp.stack(cols, axis=3))  # [n, qh, qw, sw, c]
+    dxp = jnp.stack(rows, axis=2).reshape(n, qh * sh, qw * sw, c)
+    return dxp[:, pt : pt + x_shape[1], pl : pl + x_shape[2], :]
+
+
+def _depthwise_kernel_grad(x, g, kernel, strides, pads):
+    """d loss / d kernel: per tap, the sum over (N, Ho, Wo) of window * g."""
+    kh, kw, _, c = kernel.shape
     sh, sw = strides
     ho, wo = g.shape[1:3]
     acc = jnp.promote_types(jnp.result_type(x, kernel), jnp.float32)
@@ -180,8 +234,28 @@ def _conv_shift_depthwise_bwd(strides, pads, residuals, g):
         )[:, ::sh, ::sw]
         return jnp.sum(win.astype(acc) * g, axis=(0, 1, 2))
 
-    dk = lax.map(tap_grad, jnp.arange(kh * kw)).reshape(kh, kw, 1, c)
-    return dx, dk.astype(kernel.dtype)
+    return lax.map(tap_grad, jnp.arange(kh * kw)).reshape(kh, kw, 1, c)
+
+
+def _conv_shift_depthwise_bwd(strides, pads, residuals, g):
+    # Autodiff writes the kernel gradient as kh*kw separate reductions, which
+    # XLA:CPU compiles slowly (~0.75 s per 5x5 conv) and runs 2-3x slower than
+    # one reduction looped over the taps with lax.map. For the input gradient,
+    # autodiff's sum of pads is fastest up to 3x3 at stride 1; for 5x5 the
+    # flipped-kernel conv runs 2-4x faster (measured on [32, 8..16, 8..16,
+    # 144..480]); strided convs go phase by phase.
+    x, kernel = residuals
+    g = _materialized(g)
+    kh, kw = kernel.shape[:2]
+    if strides != (1, 1):
+        dx = _depthwise_input_grad_phases(g, kernel, x.shape, strides, pads)
+    elif kh * kw <= 9:
+        _, vjp_x = jax.vjp(lambda x: _depthwise_forward(x, kernel, strides, pads), x)
+        (dx,) = vjp_x(g)
+    else:
+        dx = _depthwise_input_grad(g, kernel, x.shape, strides, pads)
+    dk = _depthwise_kernel_grad(x, g, kernel, strides, pads)
+    return dx.astype(x.dtype), dk.astype(kernel.dtype)
 
 
 _conv_shift_depthwise.defvjp(_conv_shift_depthwise_fwd, _conv_shift_depthwise_bwd)
@@ -423,3 +497,88 @@ class DropPath(nnx.Module):
         """Used by ``nnx.view``: deterministic=True disables dropping."""
         if deterministic is not None:
             self.deterministic = deterministic
+
+
+def _bn_stats(x: jax.Array, axes: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
+    # Two-pass variance, as flax's use_fast_variance=False: E[(x - E[x])^2].
+    mean = jnp.mean(x, axes)
+    var = jnp.mean(lax.square(x - mean), axes)
+    return mean, var
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _bn_train(x, scale, bias, epsilon):
+    """Train-mode batch norm over all axes but the last, float32 in and out.
+
+    Returns (y, batch mean, batch variance); y = (x - mean) * (rsqrt(var + eps) *
+    scale) + bias, the same expression flax's BatchNorm evaluates."""
+    y, mean, var, _ = _bn_train_forward(x, scale, bias, epsilon)
+    return y, mean, var
+
+
+def _bn_train_forward(x, scale, bias, epsilon):
+    axes = tuple(range(x.ndim - 1))
+    mean, var = _bn_stats(x, axes)
+    inv = lax.rsqrt(var + epsilon)
+    y = (x - mean) * (inv * scale) + bias
+    return y, mean, var, inv
+
+
+def _bn_train_fwd(x, scale, bias, epsilon):
+    y, mean, var, inv = _bn_train_forward(x, scale, bias, epsilon)
+    return (y, mean, var), (x, scale, mean, inv)
+
+
+def _bn_train_bwd(epsilon, residuals, cotangents):
+    # The closed form: with xhat = (x - mean) * inv over M = N*H*W rows,
+    #   dx = scale * inv * (g - mean(g) - xhat * mean(g * xhat)),
+    # plus the (usually zero) cotangents of the returned batch statistics. Autodiff
+    # of the two-pass statistics gives the same values with more passes.
+    x, scale, mean, inv = residuals
+    g, g_mean, g_var = cotangents
+    axes = tuple(range(x.ndim - 1))
+    m = math.prod(x.shape[:-1])
+    xc = x - mean
+    xhat = xc * inv
+    dbias = jnp.sum(g, axes)
+    dscale = jnp.sum(g * xhat, axes)
+    dx = (scale * inv) * (g - dbias / m - xhat * (dscale / m))
+    dx = dx + g_mean / m + xc * (g_var * 2.0 / m)
+    return dx, dscale, dbias
+
+
+_bn_train.defvjp(_bn_train_fwd, _bn_train_bwd)
+
+
+class BatchNorm(nnx.BatchNorm):
+    """``nnx.BatchNorm`` (same params, batch stats and modes) whose train-mode forward
+    and gradient are written out by hand on XLA:CPU for float32, 2-pass variance,
+    no mask / axis_name; elsewhere (GPU/TPU, eval mode, other dtypes) it is flax's.
+    ``hand_written_grad = False`` (on the class or an instance) turns that off.
+    """
+
+    hand_written_grad: bool = True
+
+    def __call__(self, x, use_running_average: bool | None = None, *, mask=None):
+        use_ra = self.use_running_average if use_running_average is None else use_running_average
+        fast = (
+            self.hand_written_grad
+            and use_ra is not None
+            and not use_ra
+            and mask is None
+            and self.axis_name is None
+            and self.axis in (-1, x.ndim - 1)
+            and not self.use_fast_variance
+            and self.scale is not None
+            and self.bias is not None
+            and x.dtype == jnp.float32
+            and (self.dtype is None or jnp.dtype(self.dtype) == jnp.float32)
+            and jax.default_backend() == "cpu"
+        )
+        if not fast:
+            return super().__call__(x, use_running_average, mask=mask)
+        y, mean, var = _bn_train(x, self.scale[...], self.bias[...], self.epsilon)
+        m = self.momentum
+        self.mean[...] = lax.stop_gradient(m * self.mean[...] + (1 - m) * mean)
+        self.var[...] = lax.stop_gradient(m * self.var[...] + (1 - m) * var)
+        return y

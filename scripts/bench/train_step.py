@@ -41,7 +41,8 @@ TIMM_PEERS = {f"efficientnet_b{i}": f"tf_efficientnet_b{i}" for i in range(8)}
 TIMM_PEERS.update(resnest50="resnest50d", resnest101="resnest101e", resnest200="resnest200e")
 
 
-def time_ours(args) -> dict:
+def build_ours(args):
+    """(jitted step, state, batch, margins) of the benchmark, not yet compiled."""
     import ml_collections
 
     model = LandmarkModel(backbone=args.model, num_classes=args.num_classes, dtype=args.dtype,
@@ -64,6 +65,11 @@ def time_ours(args) -> dict:
         "label": jnp.asarray(rng.integers(0, args.num_classes, args.batch_size), jnp.int32),
     }
     margins = jnp.full((args.num_classes,), 0.3, jnp.float32)
+    return step, state, batch, margins
+
+
+def time_ours(args) -> dict:
+    step, state, batch, margins = build_ours(args)
     t = time.perf_counter()
     state, metrics = step(state, batch, margins)
     jax.block_until_ready(metrics)
@@ -119,11 +125,17 @@ def main() -> int:
     ap.add_argument("--peer_channels_last", action="store_true")
     ap.add_argument("--peer_amp", action="store_true")
     ap.add_argument("--skip_peer", action="store_true")
+    ap.add_argument("--flax_bn", action="store_true",
+                    help="EfficientNet BN without the hand-written CPU gradient (A/B)")
     args = ap.parse_args()
     # The peer runs first, before this process starts XLA: with our process's XLA
     # runtime alive, the torch subprocess ran 14 s/step instead of 1.0 s/step on the
     # shared 2-core machine (2026-11-27). Run first it still took 6.8 s/step, so
     # check the peer standalone too (see BENCHMARKS.md).
+    if args.flax_bn:
+        from gld_jax.models import layers
+
+        layers.BatchNorm.hand_written_grad = False
     peer = None if args.skip_peer else time_peer(args)
     ours = time_ours(args)
     out = {"bench": "train_step", "model": args.model, "image_size": args.image_size,
