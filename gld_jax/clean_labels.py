@@ -26,6 +26,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "The trained run's directory.")
 _OUTPUT = flags.DEFINE_string("output", None, "CSV of listed images.")
 _DROP_TO = flags.DEFINE_string("drop_to", None, "Optional: train.csv without them.")
 _THRESHOLD = flags.DEFINE_float("threshold_degrees", 75.0, "Angle above which an image is listed.")
+_MIN_PER_CLASS = flags.DEFINE_integer(
+    "min_per_class", 0, "Never list a class's this many closest images (0: the paper's rule)."
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from gld_jax.data.prepare import prepare_data, resolve_dirs
     from gld_jax.pipeline import _eval_split
     from gld_jax.retrieval.extract import Embedder
-    from gld_jax.train.cleanup import angles_to_dominant
+    from gld_jax.train.cleanup import angles_to_dominant, select_noisy
     from gld_jax.train.mesh import make_mesh
     from gld_jax.train.trainer import train
 
@@ -61,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     centers = np.asarray(jax.device_get(result.model.head.centers[...]))
     angles = angles_to_dominant(emb.embeddings[keep], centers, aux["label"][keep])
     ids, landmarks = emb.ids[keep], emb.labels[keep]
-    listed = angles > _THRESHOLD.value
+    listed = select_noisy(angles, landmarks, _THRESHOLD.value, _MIN_PER_CLASS.value)
     order = np.argsort(-angles[listed], kind="stable")
     with open(_OUTPUT.value, "w", newline="") as f:
         w = csv.writer(f)
@@ -72,6 +75,13 @@ def main(argv: list[str] | None = None) -> int:
         f"listed {int(listed.sum())} of {len(ids)} images above {_THRESHOLD.value} degrees "
         f"(label set {plan.label_set!r}) in {_OUTPUT.value}"
     )
+    emptied = len(np.unique(landmarks)) - len(np.unique(landmarks[~listed]))
+    if emptied:
+        print(
+            f"warning: {emptied} of {len(np.unique(landmarks))} classes lose every image; "
+            "--min_per_class N keeps each class's N closest",
+            file=sys.stderr,
+        )
     if _DROP_TO.value:
         dropped = set(ids[listed].tolist())
         data_dir, _ = resolve_dirs(config, workdir)

@@ -18,3 +18,16 @@ def test_dominant_subcenter_is_the_majority_vote_and_outliers_are_far():
     # dominant centre is e3: the image e3 + 0.2 e2 is atan(0.2) = 11.31 deg away
     np.testing.assert_allclose(angles, [0.0, 5.7106, 5.7106, 90.0, 0.0, 11.3099], atol=1e-3)
     assert list(angles > 75) == [False, False, False, True, False, False]
+
+
+def test_min_per_class_keeps_each_class_closest_images():
+    from gld_jax.train.cleanup import select_noisy
+
+    angles = np.array([80.0, 90.0, 10.0, 85.0, 76.0, 30.0])
+    labels = np.array([7, 7, 3, 9, 9, 3])
+    # the paper's rule: everything above 75 degrees, which empties classes 7 and 9
+    assert select_noisy(angles, labels, 75.0).tolist() == [True, True, False, True, True, False]
+    # keep each class's closest image: 80 (class 7) and 76 (class 9) stay
+    kept1 = select_noisy(angles, labels, 75.0, min_per_class=1)
+    assert kept1.tolist() == [False, True, False, True, False, False]
+    assert not select_noisy(angles, labels, 75.0, min_per_class=2).any()

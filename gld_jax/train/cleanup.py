@@ -43,3 +43,21 @@ def angles_to_dominant(
     target = _normalize(centers[labels, dominant[labels]])
     cos = np.clip(np.sum(_normalize(embeddings) * target, axis=-1), -1.0, 1.0)
     return np.degrees(np.arccos(cos))
+
+
+def select_noisy(
+    angles: np.ndarray, labels: np.ndarray, threshold: float, min_per_class: int = 0
+) -> np.ndarray:
+    """[N] bool: images above `threshold` degrees, except that each class keeps
+    its `min_per_class` closest images (a threshold set on large pretrained
+    models can otherwise empty a small class entirely)."""
+    noisy = angles > threshold
+    if min_per_class <= 0:
+        return noisy
+    order = np.lexsort((angles, labels))  # by class, then by angle
+    sorted_labels = labels[order]
+    starts = np.searchsorted(sorted_labels, sorted_labels, side="left")
+    rank = np.arange(len(order)) - starts  # 0 = the class's closest image
+    keep = np.zeros(len(angles), bool)
+    keep[order[rank < min_per_class]] = True
+    return noisy & ~keep
