@@ -41,7 +41,9 @@ GIB = 2**30
 USABLE_FRACTION = 0.9  # of device memory, leaving room for XLA's scratch buffers
 # XLA's working set of a train step over its residuals: the compiled backward of
 # EfficientNet-B0 (128 px, batch 8, XLA:CPU) needed 529 MiB of temporaries for
-# 347 MiB of residuals, 1.52x (tests/test_dry_run.py keeps this honest).
+# 347 MiB of residuals, 1.52x (tests/test_dry_run.py keeps this honest). XLA:GPU
+# fuses and recomputes the elementwise tail and needed ~4x less than this
+# estimate (BENCHMARKS.md): on fusing backends (GPU, TPU) it is an upper bound.
 ACTIVATION_OVERHEAD = 1.5
 PROBE_BATCH, PROBE_SIZE = 2, 64  # the abstract trace's shape (see train.costs)
 
