@@ -351,7 +351,10 @@ def run_dry(config, workdir: str, *, config_name: str, as_json: bool) -> int:
     except DryRunError as e:
         print(f"dry run: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(report) if as_json else format_plan(report))
+    try:
+        print(json.dumps(report) if as_json else format_plan(report), flush=True)
+    except BrokenPipeError:  # `... --dry_run | head`: the reader left, not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     problem = misfit_message(report)
     if problem:
         print(f"dry run: {problem}", file=sys.stderr)
