@@ -43,8 +43,8 @@ def main() -> None:
         )
     )
     import jax
+    from head_problem import loss_and_grads, problem
     from jax.experimental import multihost_utils
-    from multihost_head_problem import loss_and_grads, problem
 
     from gld_jax.train import mesh as mesh_lib
 

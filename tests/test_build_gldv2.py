@@ -13,23 +13,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
+from tiny import TINY_DATA
 
 from gld_jax.data import synthetic
 from tfrecords_tools import build_gldv2, features
 
 FOLDS = 3
-DATA = dict(
-    num_classes=8,
-    min_images=2,
-    max_images=20,
-    num_test=24,
-    num_index=10,
-    image_size=(64, 48),
-    label_noise=0.15,
-    nonlandmark_noise=0.1,
-    seed=5,
-    show_progress=False,
-)
+DATA = dict(TINY_DATA, label_noise=0.15, nonlandmark_noise=0.1, seed=5)
 
 
 def _csv(path):

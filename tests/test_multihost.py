@@ -73,7 +73,7 @@ def test_two_hosts_class_sharded_head_equals_one_process(tmp_path):
     feeds only its 8 of the 16 rows; loss and gradients equal one device's."""
     sys.path.insert(0, HERE)
     import jax
-    from multihost_head_problem import loss_and_grads, problem
+    from head_problem import loss_and_grads, problem
 
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}

@@ -9,29 +9,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from head_problem import C, D, K, N, loss_and_grads, problem
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from gld_jax.losses import dynamic_margins, sub_center_arcface_loss
+from gld_jax.losses import sub_center_arcface_loss
 from gld_jax.train import mesh as mesh_lib
-
-N, C, K, D = 16, 64, 3, 32
-
-
-def _problem():
-    rng = np.random.default_rng(0)
-    emb = rng.normal(size=(N, D)).astype(np.float32)
-    centers = rng.normal(size=(C, K, D)).astype(np.float32)
-    labels = rng.integers(0, C, N).astype(np.int32)
-    margins = np.asarray(dynamic_margins(rng.integers(1, 50, C)), np.float32)
-    return emb, centers, labels, margins
-
-
-def _loss_and_grads(emb, centers, labels, margins):
-    def f(e, c):
-        return jnp.mean(sub_center_arcface_loss(e, c, labels, margins, 30.0))
-
-    return jax.value_and_grad(f, argnums=(0, 1))(emb, centers)
 
 
 def _sharded(mesh):
@@ -39,16 +22,16 @@ def _sharded(mesh):
     head = NamedSharding(mesh, P("model", None, None))
     rep = NamedSharding(mesh, P())
     return jax.jit(
-        _loss_and_grads,
+        loss_and_grads,
         in_shardings=(data, head, data, rep),
         out_shardings=(rep, (data, head)),
     )
 
 
 @pytest.mark.parametrize("shape", [(8, 1), (4, 2), (2, 4), (1, 8)])
-def test_sharded_loss_and_grads_equal_unsharded(shape):
-    emb, centers, labels, margins = _problem()
-    ref_loss, (ref_ge, ref_gc) = jax.jit(_loss_and_grads)(emb, centers, labels, margins)
+def test_shardedloss_and_grads_equal_unsharded(shape):
+    emb, centers, labels, margins = problem()
+    ref_loss, (ref_ge, ref_gc) = jax.jit(loss_and_grads)(emb, centers, labels, margins)
     mesh = mesh_lib.make_mesh(*shape)
     loss, (ge, gc) = _sharded(mesh)(emb, centers, labels, margins)
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
@@ -65,7 +48,7 @@ def _gathered_shapes(hlo: str) -> list[str]:
 
 @pytest.mark.parametrize("shape", [(4, 2), (1, 8)])
 def test_no_full_head_or_logits_on_one_device(shape):
-    emb, centers, labels, margins = _problem()
+    emb, centers, labels, margins = problem()
     mesh = mesh_lib.make_mesh(*shape)
     hlo = _sharded(mesh).lower(emb, centers, labels, margins).compile().as_text()
     gathered = _gathered_shapes(hlo)
@@ -76,7 +59,7 @@ def test_no_full_head_or_logits_on_one_device(shape):
 
 
 def test_head_memory_per_device_falls_with_model_axis():
-    _, centers, *_ = _problem()
+    _, centers, *_ = problem()
     per_device = {}
     for m in (1, 2, 4, 8):
         mesh = mesh_lib.make_mesh(-1, m)
@@ -93,7 +76,7 @@ def test_padded_head_gives_the_unpadded_loss_on_a_model_sharded_mesh():
     softmax. Loss and gradients equal the unpadded head's; padding gets none."""
     from gld_jax.models.landmark import padded_num_classes
 
-    emb, centers, labels, margins = _problem()
+    emb, centers, labels, margins = problem()
     valid = 60  # not divisible by 8
     labels = labels % valid
     rng = np.random.default_rng(1)
@@ -104,11 +87,11 @@ def test_padded_head_gives_the_unpadded_loss_on_a_model_sharded_mesh():
     )
     padded_margins = np.concatenate([margins[:valid], np.full(rows - valid, 0.3, np.float32)])
 
-    ref_loss, (ref_ge, ref_gc) = jax.jit(_loss_and_grads)(
+    ref_loss, (ref_ge, ref_gc) = jax.jit(loss_and_grads)(
         emb, centers[:valid], labels, margins[:valid]
     )
 
-    def padded_loss_and_grads(e, c, lab, m):
+    def paddedloss_and_grads(e, c, lab, m):
         def f(e, c):
             return jnp.mean(sub_center_arcface_loss(e, c, lab, m, 30.0, num_valid_classes=valid))
 
@@ -118,7 +101,7 @@ def test_padded_head_gives_the_unpadded_loss_on_a_model_sharded_mesh():
     data, rep = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
     head = NamedSharding(mesh, P("model", None, None))
     fn = jax.jit(
-        padded_loss_and_grads,
+        paddedloss_and_grads,
         in_shardings=(data, head, data, rep),
         out_shardings=(rep, (data, head)),
     )

@@ -9,19 +9,11 @@ import re
 import numpy as np
 import pytest
 from PIL import Image
+from tiny import TINY_DATA
 
 from gld_jax.data import synthetic
 
-TINY = dict(
-    num_classes=8,
-    min_images=2,
-    max_images=20,
-    num_test=24,
-    num_index=10,
-    image_size=(64, 48),
-    show_progress=False,
-)
-NOISY = dict(TINY, label_noise=0.15, nonlandmark_noise=0.1, seed=3)
+NOISY = dict(TINY_DATA, label_noise=0.15, nonlandmark_noise=0.1, seed=3)
 
 
 def _rows(path):
@@ -47,7 +39,7 @@ def _tree_digest(root):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("tiny"))
-    summary = synthetic.generate_gldv2_like(root, seed=0, **TINY)
+    summary = synthetic.generate_gldv2_like(root, seed=0, **TINY_DATA)
     return root, summary
 
 
@@ -113,10 +105,10 @@ def test_layout_matches_gldv2(tiny):
 def test_same_seed_same_bytes_other_seed_other_bytes(tiny, tmp_path):
     root, _ = tiny
     again = str(tmp_path / "again")
-    synthetic.generate_gldv2_like(again, seed=0, **TINY)
+    synthetic.generate_gldv2_like(again, seed=0, **TINY_DATA)
     assert _tree_digest(again) == _tree_digest(root)
     other = str(tmp_path / "other")
-    synthetic.generate_gldv2_like(other, seed=1, **TINY)
+    synthetic.generate_gldv2_like(other, seed=1, **TINY_DATA)
     assert _tree_digest(other)["train.csv"] != _tree_digest(root)["train.csv"]
 
 
@@ -204,10 +196,10 @@ def test_idempotent_and_changed_parameters_rejected(tiny):
     root, summary = tiny
     marker = os.path.join(root, synthetic.SUCCESS_FILE)
     before = os.stat(marker).st_mtime_ns, _tree_digest(root)
-    assert synthetic.generate_gldv2_like(root, seed=0, **TINY) == summary
+    assert synthetic.generate_gldv2_like(root, seed=0, **TINY_DATA) == summary
     assert (os.stat(marker).st_mtime_ns, _tree_digest(root)) == before  # nothing rewritten
     with pytest.raises(ValueError, match="num_classes"):
-        synthetic.generate_gldv2_like(root, seed=0, **dict(TINY, num_classes=9))
+        synthetic.generate_gldv2_like(root, seed=0, **dict(TINY_DATA, num_classes=9))
 
 
 def test_cli_success_and_one_line_errors(tiny, tmp_path, capsys):
@@ -250,7 +242,7 @@ def test_cli_success_and_one_line_errors(tiny, tmp_path, capsys):
 def test_refuses_to_overwrite_a_foreign_dataset(tmp_path):
     (tmp_path / "train.csv").write_text("id,url,landmark_id\n")
     with pytest.raises(ValueError, match="did not write"):
-        synthetic.generate_gldv2_like(str(tmp_path), **TINY)
+        synthetic.generate_gldv2_like(str(tmp_path), **TINY_DATA)
 
 
 def test_interrupted_run_is_redone(tmp_path):
@@ -259,6 +251,6 @@ def test_interrupted_run_is_redone(tmp_path):
     stale = os.path.join(root, "train", "x", "stale.jpg")
     open(stale, "wb").close()
     open(os.path.join(root, synthetic.IN_PROGRESS_FILE), "w").close()
-    synthetic.generate_gldv2_like(root, **dict(TINY, num_classes=3, num_test=2, num_index=2))
+    synthetic.generate_gldv2_like(root, **dict(TINY_DATA, num_classes=3, num_test=2, num_index=2))
     assert not os.path.exists(stale)
     assert not os.path.exists(os.path.join(root, synthetic.IN_PROGRESS_FILE))

@@ -56,13 +56,18 @@ def _one_step(mesh, batch, margins, fsdp=False):
     return before, jax.device_get(new_state), jax.device_get(metrics), new_state, flops
 
 
-def test_sharded_step_equals_single_device_step():
-    rng = np.random.default_rng(0)
+def _batch_and_margins(seed):
+    """A batch of 8 random 32 px images with labels, and margins for NUM_CLASSES."""
+    rng = np.random.default_rng(seed)
     batch = {
         "image": rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
         "label": rng.integers(0, NUM_CLASSES, (8,), dtype=np.int32),
     }
-    margins = jnp.asarray(dynamic_margins(np.arange(1, NUM_CLASSES + 1)), jnp.float32)
+    return batch, jnp.asarray(dynamic_margins(np.arange(1, NUM_CLASSES + 1)), jnp.float32)
+
+
+def test_sharded_step_equals_single_device_step():
+    batch, margins = _batch_and_margins(0)
     single = mesh_lib.make_mesh(1, 1, devices=jax.devices()[:1])
     p0, s1, m1, _, flops1 = _one_step(single, batch, margins)
     sharded = mesh_lib.make_mesh(4, 2)  # classes over 2, the batch over all 8
@@ -97,12 +102,7 @@ def test_sharded_step_equals_single_device_step():
 
 
 def test_fsdp_step_equals_single_device_step_and_splits_the_backbone():
-    rng = np.random.default_rng(1)
-    batch = {
-        "image": rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
-        "label": rng.integers(0, NUM_CLASSES, (8,), dtype=np.int32),
-    }
-    margins = jnp.asarray(dynamic_margins(np.arange(1, NUM_CLASSES + 1)), jnp.float32)
+    batch, margins = _batch_and_margins(1)
     single = mesh_lib.make_mesh(1, 1, devices=jax.devices()[:1])
     p0, s1, m1, _, _ = _one_step(single, batch, margins)
     _, s8, m8, live, _ = _one_step(mesh_lib.make_mesh(4, 2), batch, margins, fsdp=True)
@@ -238,11 +238,7 @@ def test_accumulated_step_equals_sequential_micro_steps_and_ema():
 
     from gld_jax.train.step import train_step_fn
 
-    rng = np.random.default_rng(1)
-    batch = {
-        "image": rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
-        "label": rng.integers(0, NUM_CLASSES, (8,), dtype=np.int32),
-    }
+    batch, _ = _batch_and_margins(1)
     margins = jnp.full((NUM_CLASSES,), 0.2, jnp.float32)
     model = LandmarkModel(
         backbone="efficientnet_b0",

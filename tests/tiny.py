@@ -1,6 +1,17 @@
-"""A tiny run config shared by the trainer tests and the multi-host worker."""
+"""A tiny synthetic dataset and run config shared by the tests and the multi-host worker."""
 
 from gld_jax.config import base_config, stage
+
+# generate_gldv2_like arguments of the small data tests: 8 classes, 64x48 images.
+TINY_DATA = dict(
+    num_classes=8,
+    min_images=2,
+    max_images=20,
+    num_test=24,
+    num_index=10,
+    image_size=(64, 48),
+    show_progress=False,
+)
 
 
 def tiny_config(data_dir):

@@ -1,4 +1,5 @@
-"""The class-sharded head problem shared by test_multihost.py and its worker."""
+"""A small Sub-center head problem (embeddings, centres, labels, margins) and its
+loss + gradients, shared by test_sharded_head.py, test_multihost.py and its worker."""
 
 import jax
 import jax.numpy as jnp
