@@ -118,17 +118,18 @@ def _manifest_exists(tfrecord_dir: str) -> bool:
 # --------------------------------------------------------------------------- model costs
 
 
-@functools.lru_cache(maxsize=8)
-def embedder_costs(backbone: str, embedding_dim: int, dtype: str, remat: bool):
-    """(embedder parameter count, ForwardCosts at the probe shape) of backbone +
-    GeM + neck, traced in train mode with the TPU/GPU convolution forms."""
+def abstract_embedder(
+    backbone: str, embedding_dim: int = 512, dtype: str = "float32", remat: bool = False
+):
+    """(forward(state, images) -> embeddings, abstract state) of backbone + GeM +
+    neck in train mode, with the TPU/GPU convolution forms. `state` is a
+    (params, rest) pair of jax.ShapeDtypeStruct trees: nothing is initialised."""
     from flax import nnx
 
     from gld_jax.models.landmark import DTYPES
     from gld_jax.models.neck import EmbeddingNeck
     from gld_jax.models.pooling import GeM
     from gld_jax.models.registry import create_backbone
-    from gld_jax.train.costs import trace_forward_costs
 
     compute = DTYPES[dtype]
 
@@ -146,12 +147,41 @@ def embedder_costs(backbone: str, embedding_dim: int, dtype: str, remat: bool):
     model = nnx.eval_shape(lambda: Embedder(nnx.Rngs(0)))
     model.train()
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    count = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
 
     def forward(state, images):
         return nnx.merge(graphdef, *state)(images)
 
-    return count, trace_forward_costs(forward, (params, rest), PROBE_BATCH, PROBE_SIZE)
+    return forward, (params, rest)
+
+
+@functools.lru_cache(maxsize=8)
+def embedder_costs(backbone: str, embedding_dim: int, dtype: str, remat: bool):
+    """(embedder parameter count, ForwardCosts at the probe shape) of backbone +
+    GeM + neck (`abstract_embedder`)."""
+    from gld_jax.train.costs import trace_forward_costs
+
+    forward, state = abstract_embedder(backbone, embedding_dim, dtype, remat)
+    count = sum(math.prod(x.shape) for x in jax.tree.leaves(state[0]))
+    return count, trace_forward_costs(forward, state, PROBE_BATCH, PROBE_SIZE)
+
+
+def compiled_activation_bytes(
+    backbone: str, image_size: int, batch: int, dtype: str = "float32"
+) -> int:
+    """XLA's own figure for what `embedder_costs` estimates: the temporaries of
+    the compiled (not run) backward pass of `abstract_embedder` on the default
+    backend, for `batch` images of `image_size` px. Compiling takes seconds to
+    minutes: for calibration (tests, scripts/bench/dry_run_memory.py), not the
+    dry run itself."""
+    forward, state = abstract_embedder(backbone, 512, dtype)
+
+    def backward(state, x):
+        out, vjp = jax.vjp(lambda s: forward(s, x), state)
+        return vjp(jnp.ones_like(out))[0]
+
+    images = jax.ShapeDtypeStruct((batch, image_size, image_size, 3), jnp.float32)
+    compiled = jax.jit(backward).lower(state, images).compile()
+    return int(compiled.memory_analysis().temp_size_in_bytes)
 
 
 def head_residual_bytes(rows: int, classes: int, sub_centers: int, dim: int) -> float:

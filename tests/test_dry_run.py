@@ -122,36 +122,10 @@ def test_activation_estimate_matches_xla_compiled_memory_analysis():
     """The dry run's activations (traced residuals x ACTIVATION_OVERHEAD) against
     what XLA actually allocates for the same backward pass: the temporaries of
     the compiled program (EfficientNet-B0 + neck, 128 px, batch 8, XLA:CPU)."""
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-
-    from gld_jax.dry_run import ACTIVATION_OVERHEAD, embedder_costs
-    from gld_jax.models.neck import EmbeddingNeck
-    from gld_jax.models.pooling import GeM
-    from gld_jax.models.registry import create_backbone
+    from gld_jax.dry_run import ACTIVATION_OVERHEAD, compiled_activation_bytes, embedder_costs
 
     n, size = 8, 128
     _, fwd = embedder_costs("efficientnet_b0", 512, "float32", False)
     estimate = fwd.at(size, n)[1] * ACTIVATION_OVERHEAD
-
-    class Embedder(nnx.Module):
-        def __init__(self, rngs):
-            self.backbone, width = create_backbone("efficientnet_b0", rngs=rngs, conv_impl="lax")
-            self.pool, self.neck = GeM(), EmbeddingNeck(width, 512, rngs=rngs)
-
-        def __call__(self, x):
-            return self.neck(self.pool(self.backbone(x)))
-
-    model = nnx.eval_shape(lambda: Embedder(nnx.Rngs(0)))
-    model.train()
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-
-    def backward(p, r, x):
-        out, vjp = jax.vjp(lambda p, r: nnx.merge(graphdef, p, r)(x), p, r)
-        return vjp(jnp.ones_like(out))[0]
-
-    images = jax.ShapeDtypeStruct((n, size, size, 3), jnp.float32)
-    compiled = jax.jit(backward).lower(params, rest, images).compile()
-    temp = compiled.memory_analysis().temp_size_in_bytes
+    temp = compiled_activation_bytes("efficientnet_b0", size, n)
     assert 0.8 <= estimate / temp <= 1.25, (estimate / 2**20, temp / 2**20)

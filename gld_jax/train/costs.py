@@ -118,11 +118,11 @@ def _traced_residuals(fn: Callable, *args):
     jaxpr = closed.jaxpr
     num_outputs = len(jax.tree.leaves(jax.eval_shape(fn, *args)))
     inputs = set(jaxpr.invars) | set(jaxpr.constvars)
-    residuals = []
+    residuals = {}  # insertion-ordered set: a value kept twice is counted once
     for var in jaxpr.outvars[num_outputs:]:  # the vjp closure's leaves
-        if isinstance(var, jex_core.Var) and var not in inputs and var not in residuals:
-            residuals.append(var)
-    return jaxpr, residuals
+        if isinstance(var, jex_core.Var) and var not in inputs:
+            residuals[var] = None
+    return jaxpr, list(residuals)
 
 
 def residual_bytes(fn: Callable, *args) -> int:

@@ -30,43 +30,14 @@ def main() -> int:
     args = ap.parse_args()
 
     import jax
-    import jax.numpy as jnp
-    from flax import nnx
 
-    from gld_jax.dry_run import ACTIVATION_OVERHEAD, embedder_costs
-    from gld_jax.models.landmark import DTYPES
-    from gld_jax.models.neck import EmbeddingNeck
-    from gld_jax.models.pooling import GeM
-    from gld_jax.models.registry import create_backbone
+    from gld_jax.dry_run import ACTIVATION_OVERHEAD, compiled_activation_bytes, embedder_costs
 
-    compute = DTYPES[args.dtype]
     _, fwd = embedder_costs(args.model, 512, args.dtype, False)
     residuals = fwd.at(args.image_size, args.batch)[1]
-
-    class Embedder(nnx.Module):
-        def __init__(self, rngs):
-            self.backbone, width = create_backbone(
-                args.model, rngs=rngs, dtype=compute, conv_impl="lax"
-            )
-            self.pool = GeM()
-            self.neck = EmbeddingNeck(width, 512, rngs=rngs, dtype=compute)
-
-        def __call__(self, x):
-            return self.neck(self.pool(self.backbone(x.astype(compute))))
-
-    model = nnx.eval_shape(lambda: Embedder(nnx.Rngs(0)))
-    model.train()
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-
-    def backward(p, r, x):
-        out, vjp = jax.vjp(lambda p, r: nnx.merge(graphdef, p, r)(x), p, r)
-        return vjp(jnp.ones_like(out))[0]
-
-    images = jax.ShapeDtypeStruct((args.batch, args.image_size, args.image_size, 3), jnp.float32)
     t = time.perf_counter()
-    compiled = jax.jit(backward).lower(params, rest, images).compile()
+    temp = compiled_activation_bytes(args.model, args.image_size, args.batch, args.dtype)
     compile_s = time.perf_counter() - t
-    temp = compiled.memory_analysis().temp_size_in_bytes
     print(
         json.dumps(
             {
