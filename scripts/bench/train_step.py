@@ -41,6 +41,18 @@ TIMM_PEERS = {f"efficientnet_b{i}": f"tf_efficientnet_b{i}" for i in range(8)}
 TIMM_PEERS.update(resnest50="resnest50d", resnest101="resnest101e", resnest200="resnest200e")
 
 
+def add_model_args(ap: argparse.ArgumentParser) -> None:
+    """The flags `build_ours` reads (shared with train_step_profile.py)."""
+    ap.add_argument("--model", default="efficientnet_b0", choices=sorted(TIMM_PEERS))
+    ap.add_argument("--image_size", type=int, default=128)
+    ap.add_argument("--batch_size", type=int, default=32)
+    ap.add_argument("--num_classes", type=int, default=1000)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--remat", action="store_true")
+    ap.add_argument("--flax_bn", action="store_true",
+                    help="EfficientNet BN without the hand-written CPU gradient (A/B)")
+
+
 def build_ours(args):
     """(jitted step, state, batch, margins) of the benchmark, not yet compiled."""
     import ml_collections
@@ -112,12 +124,7 @@ def time_peer(args) -> dict | None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="efficientnet_b0", choices=sorted(TIMM_PEERS))
-    ap.add_argument("--image_size", type=int, default=128)
-    ap.add_argument("--batch_size", type=int, default=32)
-    ap.add_argument("--num_classes", type=int, default=1000)
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    ap.add_argument("--remat", action="store_true")
+    add_model_args(ap)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--peer_python", default=os.environ.get("GLD_JAX_PEER_PYTHON",
@@ -125,8 +132,6 @@ def main() -> int:
     ap.add_argument("--peer_channels_last", action="store_true")
     ap.add_argument("--peer_amp", action="store_true")
     ap.add_argument("--skip_peer", action="store_true")
-    ap.add_argument("--flax_bn", action="store_true",
-                    help="EfficientNet BN without the hand-written CPU gradient (A/B)")
     args = ap.parse_args()
     # The peer runs first, before this process starts XLA: with our process's XLA
     # runtime alive, the torch subprocess ran 14 s/step instead of 1.0 s/step on the

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
-from train_step import TIMM_PEERS, build_ours  # noqa: E402
+from train_step import add_model_args, build_ours  # noqa: E402
 
 # Rules on one stack frame "file:line function"; frames are tried innermost first
 # and the first frame any rule matches names the bucket.
@@ -236,20 +236,13 @@ def analyse(logdir: str, steps: int, full_step_s: float, top: int, info=None) ->
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="efficientnet_b0", choices=sorted(TIMM_PEERS))
-    ap.add_argument("--image_size", type=int, default=128)
-    ap.add_argument("--batch_size", type=int, default=32)
-    ap.add_argument("--num_classes", type=int, default=1000)
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    ap.add_argument("--remat", action="store_true")
+    add_model_args(ap)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--no_split", action="store_true", help="skip forward / fwd+bwd timings")
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--json", default="")
     ap.add_argument("--trace_dir", default="", help="keep the trace and HLO text here")
     ap.add_argument("--from_trace", default="", help="only re-analyse a kept --trace_dir")
-    ap.add_argument("--flax_bn", action="store_true",
-                    help="EfficientNet BN without the hand-written CPU gradient (A/B)")
     args = ap.parse_args()
     if args.from_trace:
         with open(os.path.join(args.from_trace, "meta.json")) as f:
