@@ -127,6 +127,7 @@ def abstract_embedder(
     from flax import nnx
 
     from gld_jax.models.landmark import DTYPES
+    from gld_jax.models.layers import traceable_rngs
     from gld_jax.models.neck import EmbeddingNeck
     from gld_jax.models.pooling import GeM
     from gld_jax.models.registry import create_backbone
@@ -144,7 +145,7 @@ def abstract_embedder(
         def __call__(self, x):
             return self.neck(self.pool(self.backbone(x.astype(compute))))
 
-    model = nnx.eval_shape(lambda: Embedder(nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: Embedder(traceable_rngs(0)))
     model.train()
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 

@@ -15,6 +15,7 @@ from gld_jax.models.efficientnet import (
     round_filters,
 )
 from gld_jax.models.keras_import import keras_weight_targets, load_keras_efficientnet
+from gld_jax.models.layers import traceable_rngs
 from gld_jax.models.registry import BACKBONES, backbone_names, create_backbone
 
 # Trainable / total parameter counts of keras.applications.EfficientNetB{i}(weights=None,
@@ -106,7 +107,7 @@ def test_b0_parameter_counts_equal_keras(keras_b0):
 
 @pytest.mark.parametrize("variant", sorted(KERAS_TRAINABLE))
 def test_parameter_counts_equal_keras_measurement(variant):
-    abstract = nnx.eval_shape(lambda: EfficientNet(variant, rngs=nnx.Rngs(0)))
+    abstract = nnx.eval_shape(lambda: EfficientNet(variant, rngs=traceable_rngs(0)))
     assert _n_params(abstract) == KERAS_TRAINABLE[variant]
     assert abstract.feature_dim == round_filters(1280, efficientnet_variants()[variant][0])
 

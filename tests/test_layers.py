@@ -8,6 +8,7 @@ from flax import nnx
 from jax import lax
 
 from gld_jax.models.layers import (
+    BatchNorm,
     Conv2d,
     DepthwiseConv2d,
     DropPath,
@@ -180,3 +181,42 @@ def test_drop_path_train_drops_whole_samples_eval_is_identity():
     assert not np.array_equal(np.asarray(dp(x)), np.asarray(x))
     view = nnx.view(dp, deterministic=True)
     np.testing.assert_array_equal(view(x), x)
+
+
+def test_batch_stat_and_drop_path_updates_never_walk_the_trace(monkeypatch):
+    """flax's Variable.__setitem__ probes `value.sharding`; on a tracer jax builds
+    that error by walking every equation traced so far (find_progenitors), which
+    made tracing a deep network quadratic. Our BatchNorm (both its CPU float32
+    path and flax's bfloat16 path) and DropPath must update state without it,
+    and still update it: the jitted step's statistics equal the eager ones."""
+    from jax._src.interpreters import partial_eval
+
+    walks = []
+    original = partial_eval.JaxprStackFrame.find_progenitors
+
+    def counting(self, tracer):
+        walks.append(1)
+        return original(self, tracer)
+
+    monkeypatch.setattr(partial_eval.JaxprStackFrame, "find_progenitors", counting)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 5, 5, 6)), jnp.float32)
+    for dtype in (jnp.float32, jnp.bfloat16):
+        eager = BatchNorm(6, dtype=dtype, rngs=nnx.Rngs(0))
+        traced = BatchNorm(6, dtype=dtype, rngs=nnx.Rngs(0))
+        eager(x)
+
+        @nnx.jit
+        def step(bn, x):
+            return bn(x)
+
+        step(traced, x)
+        for name in ("mean", "var"):
+            np.testing.assert_allclose(
+                getattr(traced, name)[...], getattr(eager, name)[...], rtol=1e-6, atol=1e-7
+            )
+        assert not np.allclose(traced.mean[...], 0.0)  # the statistics moved
+    dp = DropPath(0.5, rngs=nnx.Rngs(dropout=0))
+    first = nnx.jit(lambda m, x: m(x))(dp, jnp.ones((64, 1)))
+    second = nnx.jit(lambda m, x: m(x))(dp, jnp.ones((64, 1)))
+    assert int(dp.count[...]) == 2 and not np.array_equal(first, second)
+    assert walks == []

@@ -62,6 +62,11 @@ def validate_config(
         "must be 'swish' or 'prelu'",
     )
     _check(0.0 <= config.model.drop_path_rate < 1.0, "model.drop_path_rate", "must be in [0, 1)")
+    _check(
+        config.model.get("conv_impl", "auto") in ("auto", "lax"),
+        "model.conv_impl",
+        "must be 'auto' or 'lax'",
+    )
     init_from = config.model.get("init_from", "")
     if init_from:
         _check(

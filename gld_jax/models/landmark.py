@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from gld_jax.models.layers import ConvImpl
 from gld_jax.models.neck import EmbeddingNeck
 from gld_jax.models.pooling import GeM
 from gld_jax.models.registry import create_backbone
@@ -61,6 +62,7 @@ class LandmarkModel(nnx.Module):
         dtype: str = "float32",
         drop_path_rate: float = 0.2,
         remat: bool = False,
+        conv_impl: ConvImpl = "auto",
         rngs: nnx.Rngs,
     ):
         self.compute_dtype = DTYPES[dtype]
@@ -70,6 +72,7 @@ class LandmarkModel(nnx.Module):
             dtype=self.compute_dtype,
             drop_path_rate=drop_path_rate,
             remat=remat,
+            conv_impl=conv_impl,
         )
         self.pool = GeM(p=gem_p)
         self.neck = EmbeddingNeck(
@@ -103,6 +106,7 @@ def build_model(model_config, num_classes: int, *, seed: int) -> LandmarkModel:
         dtype=model_config.dtype,
         drop_path_rate=model_config.drop_path_rate,
         remat=model_config.remat,
+        conv_impl=model_config.get("conv_impl", "auto"),
         rngs=nnx.Rngs(params=seed, dropout=seed + 1),
     )
     init_from = model_config.get("init_from", "")

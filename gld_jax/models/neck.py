@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from gld_jax.models.layers import BatchNorm
+
 _ACTIVATIONS = ("swish", "prelu")
 
 
@@ -43,7 +45,7 @@ class EmbeddingNeck(nnx.Module):
         if activation not in _ACTIVATIONS:
             raise ValueError(f"activation must be one of {_ACTIVATIONS}, got {activation!r}")
         self.linear = nnx.Linear(in_features, dim, dtype=dtype, rngs=rngs)
-        self.bn = nnx.BatchNorm(dim, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs)
+        self.bn = BatchNorm(dim, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs)
         self.activation = activation
         self.prelu = PReLU() if activation == "prelu" else None
         self.in_features = in_features

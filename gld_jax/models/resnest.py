@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
-from gld_jax.models.layers import Conv2d, ConvImpl, DropPath, chunked_normal
+from gld_jax.models.layers import BatchNorm, Conv2d, ConvImpl, DropPath, chunked_normal
 
 BN_MOMENTUM = 0.9  # torch BatchNorm2d momentum 0.1: new = 0.9 * old + 0.1 * batch
 BN_EPSILON = 1e-5
@@ -80,12 +80,15 @@ def _he_fan_out(key, shape, dtype=jnp.float32):
 
 
 def _bn(features: int, dtype, rngs: nnx.Rngs) -> nnx.BatchNorm:
-    return nnx.BatchNorm(
+    return BatchNorm(
         features,
         momentum=BN_MOMENTUM,
         epsilon=BN_EPSILON,
         dtype=dtype,
         use_fast_variance=False,  # two-pass variance, as torch
+        # autodiff of the statistics, as validated against timm (the closed form
+        # leaves rounding noise on gradients that are exactly zero in timm)
+        hand_written_grad=False,
         rngs=rngs,
     )
 

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from gld_jax.models.layers import traceable_rngs
 from gld_jax.models.registry import BACKBONES, backbone_names, create_backbone
 
 
@@ -33,7 +34,9 @@ def backbone_summary(name: str, image_size: int | None = None) -> dict:
         raise ValueError(f"--image_size must be >= 32 pixels, got {size}")
     # lax convs everywhere: the standard op count, whatever form CPU would run.
     model = nnx.eval_shape(
-        lambda: create_backbone(name, rngs=nnx.Rngs(0), drop_path_rate=0.0, conv_impl="lax")[0]
+        lambda: create_backbone(
+            name, rngs=traceable_rngs(0), drop_path_rate=0.0, conv_impl="lax"
+        )[0]
     )
     model.eval()
     graphdef, state = nnx.split(model)
