@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= runs/demo
 
-.PHONY: demo test lint slow clean-venv
+.PHONY: demo test lint clean-venv
 
 $(VENV)/.runtime: requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,9 +22,6 @@ demo: $(VENV)/.runtime
 
 test: $(VENV)/.dev
 	$(PY) -m pytest -q
-
-slow: $(VENV)/.dev
-	$(PY) -m pytest -q -m slow
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check .

@@ -1,7 +1,7 @@
 """One process of a multi-host training run on CPU (driven by test_multihost.py).
 
     python tests/multihost_worker.py --process_id 0 --num_processes 2 --port 12345 \
-        --devices 4 --data_root DIR --workdir DIR --steps 3 --out losses.json
+        --devices 4 --data_root DIR --workdir DIR --steps 2 --resume_steps 1 --out out.json
 """
 
 import argparse
@@ -19,6 +19,13 @@ def main() -> None:
     ap.add_argument("--data_root", required=True)
     ap.add_argument("--workdir", required=True)
     ap.add_argument("--steps", type=int, required=True)
+    ap.add_argument(
+        "--resume_steps",
+        type=int,
+        default=0,
+        help="then train again in the same processes: restore the checkpoint just "
+        "written and run this many more steps",
+    )
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
@@ -63,15 +70,19 @@ def main() -> None:
 
     _, tfrecord_dir = resolve_dirs(config, args.data_root)
     assert jax.device_count() == args.devices * args.num_processes
-    result = train(
-        config,
-        workdir=args.workdir,
-        tfrecord_dir=tfrecord_dir,
-        mesh=make_mesh(-1, 1),
-        stop_after_steps=args.steps,
-    )
+    histories = []
+    for steps in (args.steps, args.resume_steps):
+        if steps:
+            result = train(
+                config,
+                workdir=args.workdir,
+                tfrecord_dir=tfrecord_dir,
+                mesh=make_mesh(-1, 1),
+                stop_after_steps=steps,
+            )
+            histories.append(result.history)
     with open(args.out, "w") as f:
-        json.dump({"history": result.history, "process_count": jax.process_count()}, f)
+        json.dump({"histories": histories, "process_count": jax.process_count()}, f)
 
 
 if __name__ == "__main__":

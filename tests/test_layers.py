@@ -216,7 +216,13 @@ def test_batch_stat_and_drop_path_updates_never_walk_the_trace(monkeypatch):
             )
         assert not np.allclose(traced.mean[...], 0.0)  # the statistics moved
     dp = DropPath(0.5, rngs=nnx.Rngs(dropout=0))
-    first = nnx.jit(lambda m, x: m(x))(dp, jnp.ones((64, 1)))
-    second = nnx.jit(lambda m, x: m(x))(dp, jnp.ones((64, 1)))
-    assert int(dp.count[...]) == 2 and not np.array_equal(first, second)
+    drop = nnx.jit(lambda m, x: m(x))
+    first, second = drop(dp, jnp.ones((64, 1))), drop(dp, jnp.ones((64, 1)))
+    assert int(dp.rngs.count[...]) == 2 and not np.array_equal(first, second)
     assert walks == []
+    # the trainer reseeds the stream every step: same seed, same mask; new seed, new mask
+    masks = []
+    for seed in (1, 2, 1):
+        nnx.reseed(dp, dropout=seed)
+        masks.append(np.asarray(drop(dp, jnp.ones((64, 1)))))
+    assert np.array_equal(masks[0], masks[2]) and not np.array_equal(masks[0], masks[1])

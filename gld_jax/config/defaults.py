@@ -97,8 +97,8 @@ def base_config() -> ml_collections.ConfigDict:
             dtype="float32",  # compute dtype: bfloat16 on TPU/GPU
             drop_path_rate=0.2,
             remat=False,
-            # convolution form: "auto" (fastest per backend) or "lax" (compiles
-            # ~2x faster on CPU, runs slower there: for short CPU runs and tests)
+            # convolution form: "auto" (fastest per backend) or "lax" (XLA's own:
+            # compiles faster on CPU, runs ~4x slower there)
             conv_impl="auto",
             init_from="",  # backbone weights from `python -m gld_jax.models.import_weights`
         )

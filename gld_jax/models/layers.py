@@ -460,6 +460,47 @@ class DepthwiseConv2d(Conv2d):
         )
 
 
+class _CheapUpdateUnderTrace:
+    """Mixin for nnx Variables: a whole-array update ``v[...] = tracer`` skips
+    flax's sharding probe.
+
+    flax 0.12's ``Variable.__setitem__`` compares ``value.sharding`` with the old
+    value's; on a tracer that attribute raises, and jax first builds the error text
+    by walking every equation traced so far. Each BatchNorm statistics update (and
+    each RNG counter bump) then costs O(trace length), and tracing a whole network
+    is quadratic: EfficientNet-B7's ``--dry_run`` (configs/effb7.py) took 53 s, 6 s
+    without it. A traced value replaces the array, as flax does when the probe
+    matches; concrete values keep flax's path.
+    """
+
+    def __setitem__(self, key, value) -> None:
+        if key is Ellipsis and isinstance(value, jax.core.Tracer):
+            self.set_value(value)
+        else:
+            super().__setitem__(key, value)
+
+
+class TracedUpdateBatchStat(_CheapUpdateUnderTrace, nnx.BatchStat):
+    """``nnx.BatchStat`` that is cheap to update under a trace (see the mixin)."""
+
+
+class TracedUpdateRngCount(_CheapUpdateUnderTrace, nnx.RngCount):
+    """``nnx.RngCount`` that is cheap to bump under a trace (see the mixin)."""
+
+
+def traceable_rngs(*args, **kwargs) -> nnx.Rngs:
+    """``nnx.Rngs(*args, **kwargs)`` whose counters are ``TracedUpdateRngCount``.
+
+    For building a model under ``nnx.eval_shape`` or a trace, where every
+    parameter initialiser bumps a counter: ResNeSt-200's abstract build takes 14 s
+    with plain ``nnx.Rngs``. Same keys, same values.
+    """
+    rngs = nnx.Rngs(*args, **kwargs)
+    for _, stream in rngs.items():
+        stream.count = TracedUpdateRngCount(stream.count.get_value(), tag=stream.tag)
+    return rngs
+
+
 class DropPath(nnx.Module):
     """Stochastic depth: zero a whole sample's residual branch with prob ``rate``.
 
@@ -482,11 +523,10 @@ class DropPath(nnx.Module):
         self.rate = float(rate)
         self.deterministic = deterministic
         self.rng_collection = rng_collection
-        # Our own key and counter rather than an nnx.RngStream: the stream's
-        # `count[...] += 1` inside a trace pays flax's sharding probe, which is
-        # O(trace length) per call (see TracedUpdateBatchStat).
-        self.key = nnx.RngKey(rngs[rng_collection](), tag=rng_collection)
-        self.count = nnx.RngCount(jnp.zeros((), jnp.uint32), tag=rng_collection)
+        # An RngStream, so the trainer's nnx.reseed reaches it, with a counter that
+        # is cheap to bump under a trace (see _CheapUpdateUnderTrace).
+        self.rngs = rngs[rng_collection].fork()
+        self.rngs.count = TracedUpdateRngCount(self.rngs.count.get_value(), tag=self.rngs.tag)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """x [N, ...] -> x with whole samples zeroed (train) or unchanged (eval)."""
@@ -494,10 +534,7 @@ class DropPath(nnx.Module):
             return x
         keep_prob = 1.0 - self.rate
         shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-        count = self.count.get_value()
-        key = jax.random.fold_in(self.key.get_value(), count)
-        self.count.set_value(count + 1)
-        keep = jax.random.bernoulli(key, keep_prob, shape)
+        keep = jax.random.bernoulli(self.rngs(), keep_prob, shape)
         return jnp.where(keep, x / jnp.asarray(keep_prob, x.dtype), jnp.zeros((), x.dtype))
 
     def set_view(self, deterministic: bool | None = None):
@@ -555,47 +592,6 @@ def _bn_train_bwd(epsilon, residuals, cotangents):
 
 
 _bn_train.defvjp(_bn_train_fwd, _bn_train_bwd)
-
-
-class _CheapUpdateUnderTrace:
-    """Mixin for nnx Variables: a whole-array update ``v[...] = tracer`` skips
-    flax's sharding probe.
-
-    flax 0.12's ``Variable.__setitem__`` compares ``value.sharding`` with the old
-    value's; on a tracer that attribute raises, and jax first builds the error text
-    by walking every equation traced so far. Each BatchNorm statistics update (and
-    each RNG counter bump) then costs O(trace length), and tracing a whole network
-    is quadratic: EfficientNet-B7's ``--dry_run`` (configs/effb7.py) took 53 s, 6 s
-    without it. A traced value replaces the array, as flax does when the probe
-    matches; concrete values keep flax's path.
-    """
-
-    def __setitem__(self, key, value) -> None:
-        if key is Ellipsis and isinstance(value, jax.core.Tracer):
-            self.set_value(value)
-        else:
-            super().__setitem__(key, value)
-
-
-class TracedUpdateBatchStat(_CheapUpdateUnderTrace, nnx.BatchStat):
-    """``nnx.BatchStat`` that is cheap to update under a trace (see the mixin)."""
-
-
-class TracedUpdateRngCount(_CheapUpdateUnderTrace, nnx.RngCount):
-    """``nnx.RngCount`` that is cheap to bump under a trace (see the mixin)."""
-
-
-def traceable_rngs(*args, **kwargs) -> nnx.Rngs:
-    """``nnx.Rngs(*args, **kwargs)`` whose counters are ``TracedUpdateRngCount``.
-
-    For building a model under ``nnx.eval_shape`` or a trace, where every
-    parameter initialiser bumps a counter: ResNeSt-200's abstract build takes 14 s
-    with plain ``nnx.Rngs``. Same keys, same values.
-    """
-    rngs = nnx.Rngs(*args, **kwargs)
-    for _, stream in rngs.items():
-        stream.count = TracedUpdateRngCount(stream.count.get_value(), tag=stream.tag)
-    return rngs
 
 
 class BatchNorm(nnx.BatchNorm):

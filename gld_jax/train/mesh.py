@@ -138,3 +138,23 @@ def head_input_sharding(mesh: Mesh) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
+
+
+def put_on_mesh(tree, shardings):
+    """Places a pytree that every process built identically (same seed, same code)
+    as global arrays with `shardings` (a matching pytree of NamedSharding).
+
+    One process: `jax.device_put`. Several: each process uploads only its own
+    devices' shards from host memory. `jax.device_put` would first check that
+    every process holds the same values, with one cross-process all-gather per
+    array: at GLDv2 scale that moves the whole 203,094-class head and its Adam
+    state (3.7 GB) to every host, and it cost 3.4 s for the tiny test model.
+    """
+    if jax.process_count() == 1:
+        return jax.device_put(tree, shardings)
+
+    def put(x, sharding):
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(put, tree, shardings)

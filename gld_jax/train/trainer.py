@@ -234,7 +234,7 @@ def _train_stages(
         graphdef, params, stats, rng_state = split_model(model)
         state = init_train_state(params, stats, tx, ema=config.optimizer.ema_decay > 0)
         shardings = state_shardings(state, mesh, fsdp=config.mesh.fsdp)
-        state = jax.device_put(state, shardings)
+        state = mesh_lib.put_on_mesh(state, shardings)
         if resuming:
             state = state_from_tree(state, ckpt.restore(latest, state_to_tree(state)))
         if done >= plan.steps:  # this stage finished before the restart
