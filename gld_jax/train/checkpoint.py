@@ -7,6 +7,7 @@ interrupted save leaves the previous checkpoint as the latest.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -22,17 +23,32 @@ import orbax.checkpoint as ocp
 MIN_REPLICA_PARALLEL_SLICE_BYTES = 8 << 20
 
 
+_array_handler_registered = False
+
+
 def _register_array_handler() -> None:
+    global _array_handler_registered
+    if _array_handler_registered:
+        return
     from orbax.checkpoint._src.metadata import array_metadata_store
 
-    ocp.type_handlers.register_type_handler(
-        jax.Array,
-        ocp.type_handlers.ArrayHandler(
-            array_metadata_store=array_metadata_store.Store(),
-            min_slice_bytes_for_replica_parallel=MIN_REPLICA_PARALLEL_SLICE_BYTES,
-        ),
-        override=True,
-    )
+    # Orbax logs a warning for every override of a default handler; this one is
+    # deliberate, so keep it out of the user's output.
+    absl_log = logging.getLogger("absl")
+    level = absl_log.level
+    absl_log.setLevel(logging.ERROR)
+    try:
+        ocp.type_handlers.register_type_handler(
+            jax.Array,
+            ocp.type_handlers.ArrayHandler(
+                array_metadata_store=array_metadata_store.Store(),
+                min_slice_bytes_for_replica_parallel=MIN_REPLICA_PARALLEL_SLICE_BYTES,
+            ),
+            override=True,
+        )
+    finally:
+        absl_log.setLevel(level)
+    _array_handler_registered = True
 
 
 class Checkpointer:
