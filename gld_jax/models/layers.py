@@ -488,6 +488,13 @@ class TracedUpdateRngCount(_CheapUpdateUnderTrace, nnx.RngCount):
     """``nnx.RngCount`` that is cheap to bump under a trace (see the mixin)."""
 
 
+def with_traceable_counter(stream: nnx.RngStream) -> nnx.RngStream:
+    """Swaps `stream`'s counter for a ``TracedUpdateRngCount`` (same value) and
+    returns the stream: same keys, cheap to draw from under a trace."""
+    stream.count = TracedUpdateRngCount(stream.count.get_value(), tag=stream.tag)
+    return stream
+
+
 def traceable_rngs(*args, **kwargs) -> nnx.Rngs:
     """``nnx.Rngs(*args, **kwargs)`` whose counters are ``TracedUpdateRngCount``.
 
@@ -497,7 +504,7 @@ def traceable_rngs(*args, **kwargs) -> nnx.Rngs:
     """
     rngs = nnx.Rngs(*args, **kwargs)
     for _, stream in rngs.items():
-        stream.count = TracedUpdateRngCount(stream.count.get_value(), tag=stream.tag)
+        with_traceable_counter(stream)
     return rngs
 
 
@@ -525,8 +532,7 @@ class DropPath(nnx.Module):
         self.rng_collection = rng_collection
         # An RngStream, so the trainer's nnx.reseed reaches it, with a counter that
         # is cheap to bump under a trace (see _CheapUpdateUnderTrace).
-        self.rngs = rngs[rng_collection].fork()
-        self.rngs.count = TracedUpdateRngCount(self.rngs.count.get_value(), tag=self.rngs.tag)
+        self.rngs = with_traceable_counter(rngs[rng_collection].fork())
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """x [N, ...] -> x with whole samples zeroed (train) or unchanged (eval)."""

@@ -7,6 +7,7 @@ interrupted save leaves the previous checkpoint as the latest.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from typing import Any
@@ -23,13 +24,8 @@ import orbax.checkpoint as ocp
 MIN_REPLICA_PARALLEL_SLICE_BYTES = 8 << 20
 
 
-_array_handler_registered = False
-
-
+@functools.cache  # once per process
 def _register_array_handler() -> None:
-    global _array_handler_registered
-    if _array_handler_registered:
-        return
     from orbax.checkpoint._src.metadata import array_metadata_store
 
     # Orbax logs a warning for every override of a default handler; this one is
@@ -48,7 +44,6 @@ def _register_array_handler() -> None:
         )
     finally:
         absl_log.setLevel(level)
-    _array_handler_registered = True
 
 
 class Checkpointer:
