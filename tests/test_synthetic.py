@@ -192,6 +192,30 @@ def test_noisy_images_do_not_look_like_their_label(noisy):
     assert d_noisy and np.mean(d_noisy) > 1.3 * np.mean(d_clean)
 
 
+def _mean_nearest_nonlandmark_distance(root):
+    _, solution = _rows(os.path.join(root, synthetic.SOLUTION_FILE))
+    hists = np.stack(
+        [_histogram(_path(root, "test", r["id"])) for r in solution if not r["landmarks"]]
+    )
+    dist = np.abs(hists[:, None] - hists[None]).sum(-1)
+    np.fill_diagonal(dist, np.inf)
+    return dist.min(1).mean(), len(hists)
+
+
+def test_nonlandmarks_recur_as_views_of_a_few_scenes(tmp_path):
+    # With 3 generic scenes each of the 17 non-landmark test images has views of its
+    # scene nearby; with nonlandmark_scenes=0 every one is a new random scene.
+    dist = {}
+    for scenes in (3, 0):
+        root = str(tmp_path / f"scenes{scenes}")
+        synthetic.generate_gldv2_like(root, seed=0, nonlandmark_scenes=scenes, **TINY_DATA)
+        dist[scenes], n = _mean_nearest_nonlandmark_distance(root)
+        assert n == 17
+    assert dist[3] < 0.7 * dist[0], dist  # measured 0.63 vs 1.10 at seed 0
+    with pytest.raises(ValueError, match="nonlandmark_scenes"):
+        synthetic.generate_gldv2_like(str(tmp_path / "bad"), nonlandmark_scenes=-1, **TINY_DATA)
+
+
 def test_idempotent_and_changed_parameters_rejected(tiny):
     root, summary = tiny
     marker = os.path.join(root, synthetic.SUCCESS_FILE)

@@ -63,6 +63,7 @@ def base_config() -> ml_collections.ConfigDict:
             test_nonlandmark_fraction=0.7,
             label_noise=0.0,
             nonlandmark_noise=0.0,
+            nonlandmark_scenes=12,
             image_width=160,
             image_height=120,
         )

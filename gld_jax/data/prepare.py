@@ -43,6 +43,7 @@ def prepare_data(config, workdir: str, *, is_main: bool = True) -> str:
             label_noise=s.label_noise,
             nonlandmark_noise=s.nonlandmark_noise,
             image_size=(s.image_width, s.image_height),
+            nonlandmark_scenes=s.nonlandmark_scenes,
             seed=config.seed,
         )
     from tfrecords_tools.build_gldv2 import build_gldv2

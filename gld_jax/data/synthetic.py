@@ -4,8 +4,10 @@ Every landmark class is one place: a scene (sky, ground, buildings, towers, dome
 arches, windows) that is a deterministic function of the class seed. Every image of
 the class is a different view of that scene: perspective warp, crop and scale,
 blur, brightness/contrast/colour jitter, noise and occluders. Non-landmark images
-(most of test, optionally train noise) are clutter and textures that are no class's
-scene. Class sizes follow a long tail.
+(most of test, optionally train noise) are clutter, rooms and textures that are no
+class's scene; like GLDv2's (people, rooms, food, documents) they recur: each is a
+view of one of `nonlandmark_scenes` generic scenes (0: every one a new random
+scene). Class sizes follow a long tail.
 
 The output is the layout of the real data set, so every reader is exercised as on it:
 
@@ -53,7 +55,7 @@ JPEG_QUALITY = 90
 PORTRAIT_PROB = 0.2
 
 # Codes that separate the random streams of the image kinds (see _image_rng).
-_KIND_TRAIN, _KIND_TEST, _KIND_INDEX, _KIND_SCENE = 1, 2, 3, 4
+_KIND_TRAIN, _KIND_TEST, _KIND_INDEX, _KIND_SCENE, _KIND_NL_SCENE = 1, 2, 3, 4, 5
 
 RGB = tuple[int, int, int]
 
@@ -327,6 +329,7 @@ def _validate(
     nonlandmark_noise: float,
     image_size: tuple[int, int],
     seed: int,
+    nonlandmark_scenes: int,
 ) -> None:
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
@@ -347,6 +350,8 @@ def _validate(
         raise ValueError(
             f"label_noise + nonlandmark_noise must be <= 1, got {label_noise + nonlandmark_noise}"
         )
+    if nonlandmark_scenes < 0:
+        raise ValueError(f"nonlandmark_scenes must be >= 0, got {nonlandmark_scenes}")
     if len(image_size) != 2 or min(image_size) < 16:
         raise ValueError(f"image_size must be (width, height) with both >= 16, got {image_size}")
 
@@ -450,6 +455,7 @@ def generate_gldv2_like(
     nonlandmark_noise: float = 0.0,
     image_size: tuple[int, int] = (160, 120),
     seed: int = 0,
+    nonlandmark_scenes: int = 12,
     show_progress: bool = True,
 ) -> dict:
     """Writes a synthetic data set in the GLDv2 layout and returns its summary.
@@ -467,6 +473,9 @@ def generate_gldv2_like(
       image_size: (width, height) of landscape images in pixels; a fifth of the images
         are portrait (height, width).
       seed: everything, pixels included, is a deterministic function of the parameters.
+      nonlandmark_scenes: generic scenes the non-landmark images are views of (each
+        image picks one at random), so non-landmarks recur as on GLDv2; 0 draws a new
+        random scene for every non-landmark image.
       show_progress: draw a tqdm progress bar.
 
     Returns:
@@ -485,6 +494,7 @@ def generate_gldv2_like(
         nonlandmark_noise,
         image_size,
         seed,
+        nonlandmark_scenes,
     )
     params = _params_dict(
         num_classes=num_classes,
@@ -497,6 +507,7 @@ def generate_gldv2_like(
         nonlandmark_noise=nonlandmark_noise,
         image_size=image_size,
         seed=seed,
+        nonlandmark_scenes=nonlandmark_scenes,
         format_version=FORMAT_VERSION,
     )
     os.makedirs(output_dir, exist_ok=True)
@@ -511,10 +522,18 @@ def generate_gldv2_like(
     base_w, base_h = params["image_size"]
     world = (base_w * WORLD_SCALE, base_h * WORLD_SCALE)
     scene_cache: dict[int, Image.Image] = {}
+    generic_cache: dict[int, Image.Image] = {}
 
     def scene_for(cls: int, rng: np.random.Generator) -> Image.Image:
         if cls < 0:
-            return draw_nonlandmark_scene(rng, world)
+            if nonlandmark_scenes == 0:
+                return draw_nonlandmark_scene(rng, world)
+            pick = int(rng.integers(nonlandmark_scenes))
+            if pick not in generic_cache:
+                generic_cache[pick] = draw_nonlandmark_scene(
+                    np.random.default_rng([int(seed), _KIND_NL_SCENE, pick]), world
+                )
+            return generic_cache[pick]
         if cls not in scene_cache:
             scene_cache[cls] = draw_landmark_scene(int(seed) * 1_000_003 + int(lm_ids[cls]), world)
         return scene_cache[cls]
@@ -636,6 +655,12 @@ def main(argv: list[str] | None = None, generate: Callable[..., dict] = generate
         help="WIDTHxHEIGHT of landscape images, e.g. 160x120",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--nonlandmark_scenes",
+        type=int,
+        default=12,
+        help="generic scenes the non-landmark images are views of (0: all different)",
+    )
     parser.add_argument("--no_progress", action="store_true")
     args = vars(parser.parse_args(argv))
     output_dir = args.pop("output_dir")
