@@ -87,11 +87,12 @@ def tree_case():
 def test_tree_recall_vs_exact(tree_case):
     db, queries, index = tree_case
     assert index.kind == "tree_ah" and index.size == 20_000
-    assert index.leaves_to_search == 10  # default: 141 leaves, max(10, ceil(7.05))
+    assert index.leaves_to_search == 12  # default: 141 leaves, max(10, ceil(11.28))
     idx, sims = index.search(queries)
     true_top1 = np.argmax(queries.astype(np.float64) @ db.astype(np.float64).T, axis=1)
     recall_at_1 = float(np.mean(idx[:, 0] == true_top1))
-    # Measured 0.999 (2026-11-27, this data, default parameters).
+    # Measured 0.986 with the default parameters (0.999 with the former 2-dim AH
+    # blocks, which suit 64-d rows better; the defaults are tuned at 512-d).
     assert recall_at_1 >= 0.95, recall_at_1
     # Scores are exact re-ranked cosines of the returned rows, best first.
     exact = np.einsum("qd,qkd->qk", queries, db[idx])

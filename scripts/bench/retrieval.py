@@ -12,7 +12,9 @@ the seed, not timed). Exact search scores ``--exact_sample`` queries by blocked
 numpy matmul, giving the ground truth top-1 for recall@1 of the others on that
 sample, and its time is extrapolated linearly to all queries (said so in the
 output). faiss IVF-Flat (nlist = 4 sqrt(N)) is searched at increasing nprobe
-until its recall@1 reaches ScaNN's. Prints one JSON line.
+until its recall@1 reaches ScaNN's. ``--num_leaves``, ``--leaves_to_search``,
+``--training_sample_size`` and ``--reorder`` override ScaNN's defaults (those of
+``build_scann_index``). Prints one JSON line.
 
 Needs faiss-cpu (requirements-bench.txt).
 """
@@ -76,8 +78,9 @@ def run_exact(index, queries, sample: int) -> dict:
 def run_scann(index, queries, args) -> dict:
     from gld_jax.retrieval.index import build_scann_index
 
+    overrides = {k: getattr(args, k) for k in _SCANN_FLAGS if getattr(args, k) is not None}
     t0 = time.perf_counter()
-    searcher = build_scann_index(index, num_neighbors=1)
+    searcher = build_scann_index(index, num_neighbors=1, **overrides)
     build = time.perf_counter() - t0
     t0 = time.perf_counter()
     idx, _ = searcher.search(queries, 1, batch_size=16_384)
@@ -89,6 +92,7 @@ def run_scann(index, queries, args) -> dict:
         "qps": round(len(queries) / search, 1),
         "leaves_to_search": searcher.leaves_to_search,
         "reorder": searcher.reorder,
+        "overrides": overrides,
     }
 
 
@@ -156,11 +160,16 @@ def _spawn(args, engine: str, extra: list[str] = ()) -> dict:
     return json.loads(line)
 
 
+# build_scann_index overrides the benchmark passes through (default: its own choice).
+_SCANN_FLAGS = ("num_leaves", "leaves_to_search", "training_sample_size", "reorder")
+
+
 def _common(args) -> list[str]:
-    return [
+    flags = [
         f"--{k}={getattr(args, k)}"
         for k in ("n", "queries", "dim", "clusters", "noise", "seed", "exact_sample")
     ]
+    return flags + [f"--{k}={getattr(args, k)}" for k in _SCANN_FLAGS if getattr(args, k)]
 
 
 def main() -> None:
@@ -176,6 +185,8 @@ def main() -> None:
     p.add_argument("--truth")
     p.add_argument("--target_recall", type=float)
     p.add_argument("--skip_faiss", action="store_true")
+    for k in _SCANN_FLAGS:
+        p.add_argument(f"--{k}", type=int, help="ScaNN override (default: build_scann_index's)")
     args = p.parse_args()
     if args.engine:
         child(args)
