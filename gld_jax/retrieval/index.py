@@ -99,7 +99,7 @@ def exact_search(
 # recall 0.988 / 0.992 / 0.994 / 0.997 searching 5 / 6.4 / 8 / 9.5% of the leaves.
 _SEARCH_FRACTION = 0.08
 # k-means rows per leaf: 80 (100k rows at GLDv2 size) gave the same recall as 200
-# with a third of the k-means time; 40 lost 2 points of recall.
+# with a third of the k-means time; 40 lost 2-3 points of recall.
 _TRAINING_ROWS_PER_LEAF = 80
 # AH over 4-dim blocks (4-bit codes: 64 bytes per 512-d row, half of 2-dim blocks)
 # scans 1.8x faster; plain (not anisotropic) quantization builds in 60% of the time.

@@ -164,12 +164,18 @@ def _spawn(args, engine: str, extra: list[str] = ()) -> dict:
 _SCANN_FLAGS = ("num_leaves", "leaves_to_search", "training_sample_size", "reorder")
 
 
+def _ratio(slow: float, fast: float) -> float | None:
+    """slow / fast to 2 decimals; None when the fast time rounded to 0 (tiny runs)."""
+    return round(slow / fast, 2) if fast > 0 else None
+
+
 def _common(args) -> list[str]:
     flags = [
         f"--{k}={getattr(args, k)}"
         for k in ("n", "queries", "dim", "clusters", "noise", "seed", "exact_sample")
     ]
-    return flags + [f"--{k}={getattr(args, k)}" for k in _SCANN_FLAGS if getattr(args, k)]
+    overrides = [k for k in _SCANN_FLAGS if getattr(args, k) is not None]
+    return flags + [f"--{k}={getattr(args, k)}" for k in overrides]
 
 
 def main() -> None:
@@ -216,12 +222,12 @@ def main() -> None:
         finally:
             os.remove(truth_path)
         f = result["faiss_ivf_flat"]
-        result["scann_speedup_vs_faiss_search"] = round(f["search_s"] / scann["search_s"], 2)
-        result["scann_speedup_vs_faiss_total"] = round(
-            (f["build_s"] + f["search_s"]) / (scann["build_s"] + scann["search_s"]), 2
+        result["scann_speedup_vs_faiss_search"] = _ratio(f["search_s"], scann["search_s"])
+        result["scann_speedup_vs_faiss_total"] = _ratio(
+            f["build_s"] + f["search_s"], scann["build_s"] + scann["search_s"]
         )
-    result["scann_speedup_vs_exact_search"] = round(
-        exact["search_s_extrapolated"] / scann["search_s"], 1
+    result["scann_speedup_vs_exact_search"] = _ratio(
+        exact["search_s_extrapolated"], scann["search_s"]
     )
     print(json.dumps(result))
 
