@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from gld_jax.retrieval.embeddings import EmbeddingSet
+from gld_jax.retrieval.index import row_norms
 
 __all__ = ["combine_embedding_sets", "l2_normalize", "model_means"]
 
@@ -20,7 +21,7 @@ __all__ = ["combine_embedding_sets", "l2_normalize", "model_means"]
 def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     """Rows of ``x`` ``[N, D]`` scaled to unit L2 norm (float32; zero rows stay zero)."""
     x = np.asarray(x, np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), eps)
+    return x / np.maximum(row_norms(x), eps)[:, None]
 
 
 def model_means(sets: Sequence[EmbeddingSet]) -> list[np.ndarray]:
@@ -108,4 +109,4 @@ def _normalize_rows_(x: np.ndarray, eps: float = 1e-12, chunk: int = 65_536) -> 
     """In-place L2 normalisation of the rows of a float32 (view) ``[N, D]``, in chunks."""
     for s in range(0, len(x), chunk):
         part = x[s : s + chunk]
-        part /= np.maximum(np.linalg.norm(part, axis=1, keepdims=True), eps)
+        part /= np.maximum(row_norms(part), eps)[:, None]

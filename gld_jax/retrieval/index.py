@@ -25,6 +25,7 @@ __all__ = [
     "default_tree_params",
     "exact_search",
     "load_index",
+    "row_norms",
 ]
 
 _META = "index.json"
@@ -43,6 +44,15 @@ def _as_matrix(x: np.ndarray, name: str) -> np.ndarray:
     if not np.all(np.isfinite(x)):
         raise ValueError(f"{name} contains NaN or Inf")
     return x
+
+
+def row_norms(x: np.ndarray) -> np.ndarray:
+    """L2 norms ``[N]`` of the rows of ``x`` ``[N, D]``.
+
+    By einsum: ``np.linalg.norm(x, axis=1)`` materialises ``x * x``, a second
+    ``[N, D]`` array (9.3 s vs 0.3 s at 1.58M x 512 float32).
+    """
+    return np.sqrt(np.einsum("ij,ij->i", x, x))
 
 
 def _top_k_rows(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -283,8 +293,7 @@ def build_scann_index(
         raise ValueError("embeddings is empty: nothing to index")
     if num_neighbors < 1:
         raise ValueError(f"num_neighbors must be >= 1, got {num_neighbors}")
-    # einsum: no [N, D] temporary (np.linalg.norm took 9.3 s at 1.58M x 512, this 0.3 s).
-    norms = np.sqrt(np.einsum("ij,ij->i", emb, emb))
+    norms = row_norms(emb)
     worst = float(np.max(np.abs(norms - 1.0)))
     if worst > _NORM_TOLERANCE:
         raise ValueError(f"embeddings must be L2-normalised (max | |x| - 1 | = {worst:.3g})")
