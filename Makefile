@@ -1,29 +1,28 @@
-# The two commands of the README: `make demo` and `make test`. Both build the
-# virtualenv from the pinned requirements on first use.
-PYTHON ?= python3.11
+# The two commands of the README: `make demo` and `make test`. Both build (or
+# repair) the virtualenv from the pinned requirements first: scripts/venv.sh
+# picks a supported Python (PYTHON=... to choose one) and rebuilds a .venv made
+# by another version or left half-installed.
+PYTHON ?=
 VENV := .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= runs/demo
+ENSURE_VENV := PYTHON="$(PYTHON)" sh scripts/venv.sh
 
-.PHONY: demo test lint clean-venv
+.PHONY: demo test lint venv venv-dev clean-venv
 
-$(VENV)/.runtime: requirements.txt
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt
-	@touch $@
+venv:
+	@$(ENSURE_VENV) requirements.txt
 
-$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
-	$(PY) -m pip install -q -r requirements-dev.txt
-	@touch $@
+venv-dev:
+	@$(ENSURE_VENV) requirements-dev.txt
 
-demo: $(VENV)/.runtime
+demo: venv
 	$(PY) -m gld_jax.main --config configs/demo.py --workdir $(WORKDIR)
 
-test: $(VENV)/.dev
+test: venv-dev
 	$(PY) -m pytest -q
 
-lint: $(VENV)/.dev
+lint: venv-dev
 	$(VENV)/bin/ruff check .
 
 clean-venv:
