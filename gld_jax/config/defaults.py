@@ -19,6 +19,7 @@ def stage(
     label_set: str = "full",
     new_head: bool = True,
     warmup_epochs: float = 0.0,
+    accumulate_steps: int = 0,
 ) -> ml_collections.ConfigDict:
     """One progressive-resizing stage.
 
@@ -31,6 +32,8 @@ def stage(
       new_head: start this stage with a freshly initialised classifier head (always
         true when the label set changes); the backbone and neck carry over.
       warmup_epochs: linear warmup length.
+      accumulate_steps: micro-batches per update in this stage; 0 takes
+        `optimizer.accumulate_steps` (see `stage_accumulate_steps`).
     """
     return ml_collections.ConfigDict(
         dict(
@@ -41,8 +44,16 @@ def stage(
             label_set=label_set,
             new_head=new_head,
             warmup_epochs=warmup_epochs,
+            accumulate_steps=accumulate_steps,
         )
     )
+
+
+def stage_accumulate_steps(config: ml_collections.ConfigDict, index: int) -> int:
+    """Micro-batches per update of stage `index`: the stage's own
+    `accumulate_steps` when set (> 0), else `optimizer.accumulate_steps`."""
+    own = config.stages[index].get("accumulate_steps", 0)
+    return int(own) if own > 0 else int(config.optimizer.accumulate_steps)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -135,8 +146,12 @@ def base_config() -> ml_collections.ConfigDict:
     # The hardware the run is planned for: only `--dry_run` reads it, to size
     # memory and time (accelerator: a key of gld_jax.dry_run.ACCELERATORS;
     # num_devices 0 = the devices this process sees; mfu: the fraction of peak
-    # FLOP/s the time estimate assumes).
-    c.target = ml_collections.ConfigDict(dict(accelerator="tpu_v3", num_devices=0, mfu=0.35))
+    # FLOP/s the time estimate assumes; topology: what `--dry_run --compile`
+    # compiles for, e.g. "v3:4x4", empty = derived from accelerator and
+    # num_devices, see gld_jax.train.aot).
+    c.target = ml_collections.ConfigDict(
+        dict(accelerator="tpu_v3", num_devices=0, mfu=0.35, topology="")
+    )
 
     # Loop.
     c.log_every_steps = 20

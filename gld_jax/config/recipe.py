@@ -39,6 +39,7 @@ class RecipeStage:
     recipe_batch_per_gpu: int
     recipe_peak_lr: float  # 10 x the command's --init-lr (the warmup multiplier)
     batch_size: int  # ours, global
+    accumulate_steps: int = 1  # micro-batches per update: only where one pass does not fit
 
 
 def scaled(s: RecipeStage) -> float:
@@ -52,7 +53,6 @@ def recipe_config(
     *,
     fold: int,
     remat: bool = False,
-    accumulate_steps: int = 2,
     mfu: float = 0.05,
 ) -> ml_collections.ConfigDict:
     """A full GLDv2 run of one ensemble member for a TPU v3-32 slice.
@@ -74,9 +74,10 @@ def recipe_config(
     c.loss.scale = 80.0
     c.optimizer.name = "adamw"
     c.optimizer.weight_decay = 0.0  # the recipe's plain Adam
-    # Two micro-batches per update: the recipe's batches at the medium and final
-    # sizes do not fit a 16 GiB v3 core in one pass (see the dry run).
-    c.optimizer.accumulate_steps = accumulate_steps
+    # Micro-batching is per stage (RecipeStage.accumulate_steps), set from
+    # XLA:TPU's compiled memory figures (`--dry_run --compile`): one pass
+    # wherever the stage's batch fits 90% of a v3 core's 16 GiB.
+    c.optimizer.accumulate_steps = 1
     c.fold = fold
     c.folds = 5
     c.val_every = 15
@@ -108,6 +109,7 @@ def recipe_config(
             label_set=label_set,
             new_head=i < 2,
             warmup_epochs=min(1.0, s.epochs / 10),
+            accumulate_steps=s.accumulate_steps,
         )
         for i, (s, label_set) in enumerate(zip(stages, labels, strict=True))
     ]

@@ -11,6 +11,7 @@ import os
 
 import ml_collections
 
+from gld_jax.config.defaults import stage_accumulate_steps
 from gld_jax.train.mesh import resolve_mesh_shape
 
 MIN_IMAGE_SIZE = 32  # EfficientNet/ResNeSt reduce the input 32x
@@ -153,7 +154,8 @@ def validate_config(
             f"{key}.batch_size",
             f"{s.batch_size} is not divisible by the {process_count} processes",
         )
-        accumulate = config.optimizer.accumulate_steps
+        accumulate = stage_accumulate_steps(config, i)
+        _check(accumulate >= 1, f"{key}.accumulate_steps", "must be >= 1 (or 0: the optimizer's)")
         _check(
             s.batch_size % (devices * accumulate) == 0,
             f"{key}.batch_size",

@@ -24,18 +24,10 @@ from gld_jax.losses import dynamic_margins
 from gld_jax.models.landmark import LandmarkModel, SubCenterHead, build_model, padded_num_classes
 from gld_jax.train import mesh as mesh_lib
 from gld_jax.train.checkpoint import Checkpointer
-from gld_jax.train.optim import learning_rate_schedule, make_optimizer
 from gld_jax.train.preemption import PreemptionWatcher, TrainingPreempted
+from gld_jax.train.stage_step import make_stage_step
 from gld_jax.train.stages import StagePlan, locate, plan_stages
-from gld_jax.train.state import (
-    eval_params,
-    init_train_state,
-    split_model,
-    state_from_tree,
-    state_to_tree,
-    update_model,
-)
-from gld_jax.train.step import make_train_step, state_shardings
+from gld_jax.train.state import eval_params, state_from_tree, state_to_tree, update_model
 from gld_jax.utils.progress import progress_bar
 from gld_jax.utils.summary import SummaryWriter
 
@@ -227,14 +219,10 @@ def _train_stages(
         if not resuming and plan.index > 0 and plan.new_head:
             _new_head(model, plan.num_classes, seed=config.seed + 1000 * plan.index)
 
-        # ---- optimizer and sharded state ----------------------------------------
-        schedule = learning_rate_schedule(plan.learning_rate, plan.steps, plan.warmup_steps)
-        tx = make_optimizer(config.optimizer, schedule)
-        model.train()
-        graphdef, params, stats, rng_state = split_model(model)
-        state = init_train_state(params, stats, tx, ema=config.optimizer.ema_decay > 0)
-        shardings = state_shardings(state, mesh, fsdp=config.mesh.fsdp)
-        state = mesh_lib.put_on_mesh(state, shardings)
+        # ---- optimizer, sharded state and the compiled step ----------------------
+        stage_step = make_stage_step(config, plan, model, mesh, run_key=run_key)
+        schedule, step_fn = stage_step.schedule, stage_step.step
+        state = mesh_lib.put_on_mesh(stage_step.state, stage_step.shardings)
         if resuming:
             state = state_from_tree(state, ckpt.restore(latest, state_to_tree(state)))
         if done >= plan.steps:  # this stage finished before the restart
@@ -249,17 +237,6 @@ def _train_stages(
 
         counts = manifest["label_sets"][plan.label_set]["class_counts"]
         margins = jax.device_put(_padded_margins(config, counts), mesh_lib.replicated(mesh))
-        step_fn = make_train_step(
-            graphdef=graphdef,
-            rng_state=rng_state,
-            tx=tx,
-            scale=config.loss.scale,
-            key=jax.random.fold_in(run_key, plan.index),
-            mesh=mesh,
-            state_sharding=shardings,
-            accumulate=config.optimizer.accumulate_steps,
-            ema_decay=config.optimizer.ema_decay,
-        )
 
         # ---- input ------------------------------------------------------------
         batches = _local_batches(config, tfrecord_dir, plan, skip_batches=done)
