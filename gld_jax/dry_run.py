@@ -50,25 +50,31 @@ PROBE_BATCH, PROBE_SIZE = 2, 64  # the abstract trace's shape (see train.costs)
 
 @dataclasses.dataclass(frozen=True)
 class Accelerator:
-    """One JAX device of a kind: memory in bytes, peak dense bf16 FLOP/s."""
+    """One JAX device of a kind: memory in bytes, peak dense bf16 FLOP/s, HBM
+    bandwidth in bytes/s."""
 
     name: str
     memory_bytes: float
     peak_flops: float
     devices_per_host: int
+    hbm_bytes_per_second: float
 
 
-# Vendor figures: Cloud TPU system-architecture pages (v3: 123 TFLOP/s and
-# 32 GiB per chip, two TensorCores each a JAX device; v4: 275 TFLOP/s, 32 GiB per
-# chip, one device per chip; v5e: 197 TFLOP/s, 16 GB; v5p: 459 TFLOP/s, 95 GB)
-# and NVIDIA's H100 SXM / A100 data sheets (dense bf16).
+# Vendor figures: Cloud TPU system-architecture pages (v3: 123 TFLOP/s, 32 GiB
+# and 900 GB/s per chip, two TensorCores each a JAX device, so half of each per
+# device; v4: 275 TFLOP/s, 32 GiB, 1,200 GB/s per chip, one device per chip;
+# v5e: 197 TFLOP/s, 16 GB, 819 GB/s; v5p: 459 TFLOP/s, 95 GB, 2,765 GB/s; v6e:
+# 918 TFLOP/s, 32 GB, 1,640 GB/s) and NVIDIA's H100 SXM / H200 / A100 data
+# sheets (dense bf16; 3.35, 4.8 and 2.04 TB/s).
 ACCELERATORS: dict[str, Accelerator] = {
-    "tpu_v3": Accelerator("TPU v3 TensorCore", 16 * GIB, 61.5e12, 8),
-    "tpu_v4": Accelerator("TPU v4 chip", 32 * GIB, 275e12, 4),
-    "tpu_v5e": Accelerator("TPU v5e chip", 16e9, 197e12, 8),
-    "tpu_v5p": Accelerator("TPU v5p chip", 95e9, 459e12, 4),
-    "h100": Accelerator("NVIDIA H100 SXM 80GB", 80e9, 989e12, 8),
-    "a100": Accelerator("NVIDIA A100 80GB", 80e9, 312e12, 8),
+    "tpu_v3": Accelerator("TPU v3 TensorCore", 16 * GIB, 61.5e12, 8, 450e9),
+    "tpu_v4": Accelerator("TPU v4 chip", 32 * GIB, 275e12, 4, 1200e9),
+    "tpu_v5e": Accelerator("TPU v5e chip", 16e9, 197e12, 8, 819e9),
+    "tpu_v5p": Accelerator("TPU v5p chip", 95e9, 459e12, 4, 2765e9),
+    "tpu_v6e": Accelerator("TPU v6e chip", 32e9, 918e12, 8, 1640e9),
+    "h100": Accelerator("NVIDIA H100 SXM 80GB", 80e9, 989e12, 8, 3.35e12),
+    "h200": Accelerator("NVIDIA H200 141GB", 141e9, 989e12, 8, 4.8e12),
+    "a100": Accelerator("NVIDIA A100 80GB", 80e9, 312e12, 8, 2.039e12),
 }
 
 # GLDv2 v2.1 (DESIGN.md "GLDv2 on disk"): classes and images per label set.
@@ -206,13 +212,17 @@ def head_residual_bytes(rows: int, classes: int, sub_centers: int, dim: int) -> 
 # --------------------------------------------------------------------------- the plan
 
 
-def plan_run(config, workdir: str, *, config_name: str = "") -> dict:
+def plan_run(config, workdir: str, *, config_name: str = "", compile: bool = False) -> dict:
     """The dry-run report as a dict (printed by `format_plan` or as JSON).
 
+    With `compile`, every stage's train step and the embedding step are also
+    compiled for the target TPU slice (gld_jax.compiled_plan): each stage gets
+    a "compiled" entry and "fits" is decided by XLA's figure.
+
     Raises:
-      DryRunError: unknown accelerator, or counts that cannot be known.
+      DryRunError: unknown accelerator or topology, or counts that cannot be known.
     """
-    from gld_jax.config import ConfigError, validate_config
+    from gld_jax.config import ConfigError, stage_accumulate_steps, validate_config
     from gld_jax.models.landmark import padded_num_classes
     from gld_jax.train.mesh import resolve_mesh_shape
     from gld_jax.train.stages import plan_stages
@@ -238,11 +248,11 @@ def plan_run(config, workdir: str, *, config_name: str = "") -> dict:
     embedder_params, fwd = embedder_costs(m.backbone, m.embedding_dim, m.dtype, bool(m.remat))
     slots = {"adamw": 2, "sgd": 1 if config.optimizer.momentum else 0}[config.optimizer.name]
     ema = 1 if config.optimizer.ema_decay > 0 else 0
-    accumulate = config.optimizer.accumulate_steps
     budget = USABLE_FRACTION * acc.memory_bytes
 
     stages, total_seconds = [], 0.0
     for plan, stage_cfg in zip(plans, config.stages, strict=True):
+        accumulate = stage_accumulate_steps(config, plan.index)
         c_pad = padded_num_classes(plan.num_classes)
         head_params = c_pad * m.sub_centers * m.embedding_dim
         # Per device, float32: embedder replicated (or split over 'data' with
@@ -299,12 +309,11 @@ def plan_run(config, workdir: str, *, config_name: str = "") -> dict:
                 "hours": seconds / 3600,
             }
         )
-    return {
+    report = {
         "config": config_name,
         "backbone": m.backbone,
         "dtype": m.dtype,
         "remat": bool(m.remat),
-        "accumulate_steps": accumulate,
         "accelerator": target.accelerator,
         "accelerator_name": acc.name,
         "num_devices": num_devices,
@@ -316,6 +325,31 @@ def plan_run(config, workdir: str, *, config_name: str = "") -> dict:
         "total_hours": total_seconds / 3600,
         "fits": all(s["fits"] for s in stages),
     }
+    if compile:
+        _add_compiled(report, config, plans, num_devices, (data, model_axis), acc, budget)
+    return report
+
+
+def _add_compiled(report, config, plans, num_devices, mesh_shape, acc, budget) -> None:
+    """Compiles every stage for the target slice and puts XLA's figures beside
+    the estimate; "fits" then follows the compiled peak."""
+    from gld_jax.compiled_plan import Target, compile_plan
+    from gld_jax.train.aot import TopologyError
+
+    target = Target(budget, acc.peak_flops, acc.hbm_bytes_per_second)
+    try:
+        compiled = compile_plan(
+            config, plans, num_devices=num_devices, mesh_shape=mesh_shape, target=target
+        )
+    except TopologyError as e:
+        raise DryRunError(str(e)) from None
+    report["topology"] = compiled["topology"]
+    report["embed_compiled"] = compiled["embed"]
+    for stage, figures in zip(report["stages"], compiled["stages"], strict=True):
+        stage["compiled"] = figures
+        stage["fits"] = figures["fits"]
+    report["roofline_hours"] = sum(s["compiled"]["step_hours"] for s in report["stages"])
+    report["fits"] = all(s["fits"] for s in report["stages"])
 
 
 def format_plan(report: dict) -> str:
@@ -324,16 +358,11 @@ def format_plan(report: dict) -> str:
     lines = [
         f"{r['config'] or r['backbone']}: {r['backbone']} ({r['dtype']}"
         f"{', remat' if r['remat'] else ''}) on {r['num_devices']} x {r['accelerator_name']}"
-        f" ({r['hosts']} hosts), mesh data={r['mesh']['data']} x model={r['mesh']['model']}"
-        + (
-            f", {r['accumulate_steps']} micro-batches per update"
-            if r["accumulate_steps"] > 1
-            else ""
-        ),
+        f" ({r['hosts']} hosts), mesh data={r['mesh']['data']} x model={r['mesh']['model']}",
         f"counts: {r['counts']}; time at {r['mfu']:.0%} MFU",
         "",
         f"{'stage':>5} {'px':>5} {'ep':>5} {'labels':>6} {'classes':>8} {'images':>10} "
-        f"{'batch':>6} {'/dev':>5} {'steps':>7} {'peak lr':>8} {'warmup':>7} "
+        f"{'batch':>6} {'/dev':>5} {'acc':>3} {'steps':>7} {'peak lr':>8} {'warmup':>7} "
         f"{'params':>8} {'TFLOP/step':>10} {'GiB/dev':>8} {'of':>5} {'hours':>7}",
     ]
     for s in r["stages"]:
@@ -341,7 +370,8 @@ def format_plan(report: dict) -> str:
         lines.append(
             f"{s['stage']:>5} {s['image_size']:>5} {s['epochs']:>5g} {s['label_set']:>6} "
             f"{s['classes']:>8,} {s['images']:>10,} {s['global_batch']:>6} "
-            f"{s['per_device_batch']:>5} {s['steps']:>7,} {s['learning_rate']['peak']:>8.1e} "
+            f"{s['per_device_batch']:>5} {s['accumulate_steps']:>3} {s['steps']:>7,} "
+            f"{s['learning_rate']['peak']:>8.1e} "
             f"{s['learning_rate']['warmup_steps']:>7,} {s['params']['total'] / 1e6:>7.1f}M "
             f"{s['tflops_per_step']:>10.1f} {mem['total']:>8.2f} {mem['usable']:>5.1f} "
             f"{s['hours']:>7.1f}{'' if s['fits'] else '  DOES NOT FIT'}"
@@ -355,7 +385,46 @@ def format_plan(report: dict) -> str:
         )
         lines.append(f"  stage {s['stage']}: {parts}")
     lines.append(f"total: {r['total_hours']:.1f} hours on {r['num_devices']} devices")
+    if "topology" in r:
+        lines.append("(with --compile, XLA's compiled figures below decide what fits)")
+        lines += ["", *_format_compiled(r)]
     return "\n".join(lines)
+
+
+def _format_compiled(r: dict) -> list[str]:
+    lines = [
+        f"compiled for {r['topology']} by XLA:TPU, per device (peak = arguments + outputs "
+        "- aliased + temporaries; max/dev = largest per-device batch in one pass, "
+        "extrapolated; roofline = max(FLOPs / peak FLOP/s, bytes / HBM bandwidth), a lower "
+        "bound on the step):",
+        f"{'stage':>5} {'px':>5} {'/dev':>5} {'acc':>3} {'args':>6} {'temp':>6} {'peak':>6} "
+        f"{'est':>6} {'of':>5} {'max/dev':>7} {'TFLOP':>7} {'GB':>7} {'roofline':>9} "
+        f"{'hours':>6} {'compile':>8}",
+    ]
+    for s in r["stages"]:
+        c = s["compiled"]
+        lines.append(
+            f"{s['stage']:>5} {s['image_size']:>5} {s['per_device_batch']:>5} "
+            f"{s['accumulate_steps']:>3} {c['argument_gib']:>6.2f} {c['temp_gib']:>6.2f} "
+            f"{c['peak_gib']:>6.2f} {s['memory_gib_per_device']['total']:>6.2f} "
+            f"{s['memory_gib_per_device']['usable']:>5.1f} {c['largest_batch_per_device']:>7} "
+            f"{c['tflops']:>7.2f} {c['gb_accessed']:>7.1f} {c['roofline_seconds'] * 1e3:>7.0f}ms "
+            f"{c['step_hours']:>6.2f} {c['compile_seconds']:>7.0f}s"
+            f"{'' if c['fits'] else '  DOES NOT FIT'}"
+        )
+    e = r["embed_compiled"]
+    lines.append(
+        f"embed {e['image_size']:>5} {e['global_batch'] // r['num_devices']:>5} {1:>3} "
+        f"{e['argument_gib']:>6.2f} {e['temp_gib']:>6.2f} {e['peak_gib']:>6.2f} {'':>6} "
+        f"{'':>5} {'':>7} {e['tflops']:>7.2f} {e['gb_accessed']:>7.1f} "
+        f"{e['roofline_seconds'] * 1e3:>7.0f}ms {'':>6} {e['compile_seconds']:>7.0f}s"
+        f"{'' if e['fits'] else '  DOES NOT FIT'}"
+    )
+    lines.append(
+        f"training at the roofline: {r['roofline_hours']:.1f} hours on {r['num_devices']} "
+        f"devices (a bound; at {r['mfu']:.0%} MFU: {r['total_hours']:.1f})"
+    )
+    return lines
 
 
 def misfit_message(report: dict) -> str | None:
@@ -363,22 +432,24 @@ def misfit_message(report: dict) -> str | None:
     for s in report["stages"]:
         if not s["fits"]:
             mem = s["memory_gib_per_device"]
+            need = s["compiled"]["peak_gib"] if "compiled" in s else mem["total"]
+            how = "compiled for the TPU" if "compiled" in s else "estimated"
             return (
                 f"stage {s['stage']} ({s['image_size']} px, batch {s['per_device_batch']} per "
-                f"device) needs {mem['total']:.1f} GiB per device but a "
+                f"device) needs {need:.1f} GiB per device ({how}) but a "
                 f"{report['accelerator_name']} has {mem['usable']:.1f} GiB usable: lower "
-                "the batch, raise optimizer.accumulate_steps, set model.remat=True, "
+                "the batch, raise the stage's accumulate_steps, set model.remat=True, "
                 "mesh.fsdp=True, or shard the head over more devices (mesh.model)"
             )
     return None
 
 
-def run_dry(config, workdir: str, *, config_name: str, as_json: bool) -> int:
+def run_dry(config, workdir: str, *, config_name: str, as_json: bool, compile: bool = False) -> int:
     """Prints the plan; returns 0, or 2 (with one line on stderr) when it won't fit."""
     import sys
 
     try:
-        report = plan_run(config, workdir, config_name=config_name)
+        report = plan_run(config, workdir, config_name=config_name, compile=compile)
     except DryRunError as e:
         print(f"dry run: {e}", file=sys.stderr)
         return 2

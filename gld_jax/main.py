@@ -3,12 +3,14 @@
     python -m gld_jax.main --config configs/demo.py --workdir runs/demo
     python -m gld_jax.main --config configs/effb7.py --workdir gs://bucket/runs/effb7 \
         --config.fold=1 --mode train
-    python -m gld_jax.main --config configs/effb7.py --dry_run [--json]
+    python -m gld_jax.main --config configs/effb7.py --dry_run [--compile] [--json]
 
 Modes: `all` (default) = data -> train -> embed -> evaluate; or one of `train`,
 `embed`, `evaluate`. Every mode resumes from what the workdir already holds.
 `--dry_run` runs nothing: it prints each stage's plan, memory and time on
-`config.target` (gld_jax.dry_run) and exits 2 when a stage will not fit.
+`config.target` (gld_jax.dry_run) and exits 2 when a stage will not fit; with
+`--compile` every stage is compiled for the target TPU slice first and XLA's own
+figures decide (gld_jax.compiled_plan).
 """
 
 from __future__ import annotations
@@ -34,6 +36,12 @@ _DRY_RUN = flags.DEFINE_bool(
     "dry_run", False, "Print the plan (steps, memory, time on config.target) and exit."
 )
 _JSON = flags.DEFINE_bool("json", False, "With --dry_run: print the plan as one JSON object.")
+_COMPILE = flags.DEFINE_bool(
+    "compile",
+    False,
+    "With --dry_run: also compile every stage for config.target's TPU slice (needs libtpu; "
+    "minutes per stage) and report XLA's own memory and cost figures.",
+)
 
 log = logging.getLogger("gld_jax")
 
@@ -70,7 +78,13 @@ def main(argv: list[str] | None = None) -> int:
     if _DRY_RUN.value:
         from gld_jax.dry_run import run_dry
 
-        return run_dry(config, workdir, config_name=config_path, as_json=_JSON.value)
+        return run_dry(
+            config,
+            workdir,
+            config_name=config_path,
+            as_json=_JSON.value,
+            compile=_COMPILE.value,
+        )
     maybe_initialize_distributed(config.distributed)
     _enable_compilation_cache(workdir)
     try:

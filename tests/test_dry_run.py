@@ -129,3 +129,75 @@ def test_activation_estimate_matches_xla_compiled_memory_analysis():
     estimate = fwd.at(size, n)[1] * ACTIVATION_OVERHEAD
     temp = compiled_activation_bytes("efficientnet_b0", size, n)
     assert 0.8 <= estimate / temp <= 1.25, (estimate / 2**20, temp / 2**20)
+
+
+def _figures(peak_gib: float, temp_gib: float):
+    from gld_jax.train.aot import CompiledFigures
+
+    gib = 2**30
+    return CompiledFigures(
+        argument_bytes=int((peak_gib - temp_gib) * gib),
+        output_bytes=0,
+        alias_bytes=0,
+        temp_bytes=int(temp_gib * gib),
+        flops=6.15e12,  # 0.1 s at a v3 core's 61.5 TFLOP/s
+        bytes_accessed=90e9,  # 0.2 s at its 450 GB/s: the bound
+        compile_seconds=1.0,
+    )
+
+
+def test_compiled_figures_decide_fits_and_report_the_roofline(tmp_path, monkeypatch, capsys):
+    """With --compile, XLA's peak (not the estimate) decides "fits"; the plan
+    carries the roofline and the largest batch. compile_plan itself is replaced
+    by canned figures here (tests/test_tpu_compile.py compiles for real)."""
+    import gld_jax.compiled_plan as cp
+
+    def fake_compile_plan(config, plans, *, num_devices, mesh_shape, target):
+        stages = []
+        for plan in plans:
+            # stage 1 does not fit a 16 GiB core; the others do
+            f = _figures(15.5 if plan.index == 1 else 6.0, 4.0)
+            entry = cp.figures_dict(f, target)
+            micro = plan.batch_size // num_devices
+            entry["largest_batch_per_device"] = cp.largest_batch(f, micro, target.memory_bytes)
+            entry["step_hours"] = entry["roofline_seconds"] * plan.steps / 3600
+            stages.append(entry)
+        embed = cp.figures_dict(_figures(2.0, 1.0), target)
+        embed.update(image_size=plans[-1].image_size, global_batch=256)
+        return {"topology": "v3:4x4", "hosts": 4, "stages": stages, "embed": embed}
+
+    monkeypatch.setattr(cp, "compile_plan", fake_compile_plan)
+    config = _load("effb7")
+    report = plan_run(config, str(tmp_path), config_name="effb7", compile=True)
+    s0, s1, _ = report["stages"]
+    assert s0["fits"] and not s1["fits"] and not report["fits"]
+    assert s0["compiled"]["roofline_seconds"] == pytest.approx(0.2)
+    # stage 0: 8 images per device use 4 GiB of temporaries; 14.4 GiB usable
+    # minus 2 GiB of arguments leaves room for 24 images
+    assert s0["compiled"]["largest_batch_per_device"] == 24
+    assert report["roofline_hours"] == pytest.approx(
+        sum(s["steps"] for s in report["stages"]) * 0.2 / 3600
+    )
+    assert "compiled for the TPU" in misfit_message(report)
+
+    assert run_dry(config, str(tmp_path), config_name="effb7", as_json=False, compile=True) == 2
+    out, err = capsys.readouterr()
+    assert "compiled for v3:4x4 by XLA:TPU" in out and "training at the roofline" in out
+    assert err.count("\n") == 1 and "15.5 GiB per device (compiled for the TPU)" in err
+
+
+def test_largest_batch_extrapolates_temporaries_linearly():
+    from gld_jax.compiled_plan import largest_batch
+
+    f = _figures(peak_gib=6.0, temp_gib=4.0)  # 2 GiB fixed, 0.5 GiB per image at 8 images
+    assert largest_batch(f, 8, 14.0 * 2**30) == 24
+    assert largest_batch(f, 8, 1.0 * 2**30) == 0  # even the arguments do not fit
+
+
+def test_compile_for_a_gpu_target_is_one_line(tmp_path, capsys):
+    config = _load("effb3")
+    config.target.accelerator = "h100"
+    config.target.num_devices = 32
+    assert run_dry(config, str(tmp_path), config_name="x", as_json=False, compile=True) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot be compiled without the device" in err[0]

@@ -11,6 +11,8 @@ Layouts: activations NHWC, kernels HWIO ``[kh, kw, Cin // groups, Cout]``.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import math
 from collections.abc import Callable, Sequence
@@ -26,6 +28,28 @@ Padding = str | Sequence[tuple[int, int]]
 ConvImpl = Literal["auto", "lax", "einsum_shift"]
 
 _IMPLS = ("auto", "lax", "einsum_shift")
+
+# The backend a trace is for: jax.default_backend() unless `tracing_for` says
+# otherwise (compiling for a TPU slice from a CPU machine must pick TPU forms).
+_TRACE_BACKEND: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "gld_jax_trace_backend", default=None
+)
+
+
+def trace_backend() -> str:
+    """The platform ("cpu", "gpu", "tpu") whose layer forms a trace uses now."""
+    return _TRACE_BACKEND.get() or jax.default_backend()
+
+
+@contextlib.contextmanager
+def tracing_for(platform: str):
+    """Within the block, layers trace the forms of `platform`, whatever device
+    this process runs on (ahead-of-time compilation for another backend)."""
+    token = _TRACE_BACKEND.set(platform)
+    try:
+        yield
+    finally:
+        _TRACE_BACKEND.reset(token)
 
 
 def _pair(v: int | Sequence[int]) -> tuple[int, int]:
@@ -306,7 +330,7 @@ def conv2d(
 
     dense = groups == 1
     depthwise = groups == cin and kin == 1 and cout == cin and groups > 1
-    on_cpu = jax.default_backend() == "cpu"
+    on_cpu = trace_backend() == "cpu"
     if not dense and not depthwise and (impl == "einsum_shift" or (impl == "auto" and on_cpu)):
         # One dense conv per group (input and output channels split alike), each in
         # the form ``impl`` picks for a dense conv of that shape.
@@ -632,7 +656,7 @@ class BatchNorm(nnx.BatchNorm):
             and self.bias is not None
             and x.dtype == jnp.float32
             and (self.dtype is None or jnp.dtype(self.dtype) == jnp.float32)
-            and jax.default_backend() == "cpu"
+            and trace_backend() == "cpu"
         )
         if not fast:
             return super().__call__(x, use_running_average, mask=mask)

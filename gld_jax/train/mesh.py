@@ -51,11 +51,33 @@ def resolve_mesh_shape(data: int, model: int, num_devices: int) -> tuple[int, in
     return data, model
 
 
+def device_grid(devices: Sequence[jax.Device], data: int, model: int) -> np.ndarray:
+    """The devices as a [data, model] array.
+
+    On TPUs the layout follows the chips' torus (`mesh_utils.create_device_mesh`):
+    each 'model' group, whose head collectives run every step, is a line of
+    neighbouring chips, not whatever `jax.devices()` order puts together.
+    Elsewhere (CPU, GPU) the order is the devices' own.
+    """
+    if devices[0].platform == "tpu" and len(devices) > 1:
+        from jax.experimental import mesh_utils
+
+        try:
+            return mesh_utils.create_device_mesh((data, model), devices)
+        except (ValueError, AssertionError, NotImplementedError):
+            # Axes that do not fit the torus whole (8 over a 4x4 slice) are split
+            # across physical axes.
+            return mesh_utils.create_device_mesh(
+                (data, model), devices, allow_split_physical_axes=True
+            )
+    return np.asarray(devices).reshape(data, model)
+
+
 def make_mesh(data: int = -1, model: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A ('data', 'model') mesh over all (or the given) devices."""
+    """A ('data', 'model') mesh over all (or the given) devices (see `device_grid`)."""
     devices = list(jax.devices() if devices is None else devices)
     d, m = resolve_mesh_shape(data, model, len(devices))
-    return Mesh(np.asarray(devices).reshape(d, m), (DATA_AXIS, MODEL_AXIS))
+    return Mesh(device_grid(devices, d, m), (DATA_AXIS, MODEL_AXIS))
 
 
 def path_to_str(path: tuple) -> str:
