@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 from gld_jax.data.prepare import prepare_data, resolve_dirs
-from gld_jax.metrics import global_average_precision, read_solution
+from gld_jax.metrics import gap_by_usage, global_average_precision, read_solution
 from gld_jax.retrieval.embeddings import (
     EmbeddingSet,
     declare_shard_set,
@@ -137,10 +137,9 @@ def evaluate(config, workdir: str) -> dict:
         predictions = {
             i: (int(lab), float(c)) for i, lab, c in zip(queries.ids, labels, conf, strict=True)
         }
-        for usage in (None, "Public", "Private"):
-            solution = read_solution(solution_path, usage=usage)
-            key = "gap" if usage is None else f"gap_{usage.lower()}"
-            out[key] = round(global_average_precision(predictions, solution), 4)
+        for name, value in gap_by_usage(predictions, solution_path).items():
+            # "GAP" -> gap, "GAP/Public" -> gap_public (only with a Usage column)
+            out[name.lower().replace("/", "_")] = round(value, 4)
         out["chance_gap"] = round(_chance_gap(index, solution_path), 4)
     return out
 

@@ -225,3 +225,24 @@ def test_cli_subprocess_round_trip(tmp_path):
     )
     # a right at rank 1, b no prediction: 1 / M=2 = 0.5; no Usage column -> one line
     assert proc.returncode == 0 and proc.stdout == "GAP 0.500000\n" and proc.stderr == ""
+
+
+def test_gap_by_usage_with_and_without_a_usage_column(tmp_path):
+    # a (Public) right at 0.9, b (Private) wrong at 0.8, c (Public) right at 0.7,
+    # d (Private) non-landmark predicted at 0.95, e (Ignored) never scored.
+    predictions = {"a": (1, 0.9), "b": (5, 0.8), "c": (3, 0.7), "d": (9, 0.95), "e": (4, 0.99)}
+    rows = [("a", "1", "Public"), ("b", "2", "Private"), ("c", "3", "Public")]
+    rows += [("d", "", "Private"), ("e", "4", "Ignored")]
+    with_usage = tmp_path / "with.csv"
+    with_usage.write_text("id,landmarks,Usage\n" + "".join(f"{i},{l},{u}\n" for i, l, u in rows))
+    without = tmp_path / "without.csv"
+    without.write_text("id,landmarks\n" + "".join(f"{i},{l}\n" for i, l, _ in rows[:4]))
+    from gld_jax.metrics import gap_by_usage
+
+    # By hand. All scored rows ranked d(wrong) a(right) b(wrong) c(right):
+    # (1/2 + 2/4) / 3 landmark images. Public: a, c both right: (1 + 1) / 2.
+    # Private: d (wrong), b (wrong): 0.
+    assert gap_by_usage(predictions, with_usage) == pytest.approx(
+        {"GAP": 1 / 3, "GAP/Public": 1.0, "GAP/Private": 0.0}
+    )
+    assert gap_by_usage(predictions, without) == pytest.approx({"GAP": 1 / 3})

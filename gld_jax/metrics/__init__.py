@@ -9,10 +9,15 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["global_average_precision", "read_solution", "read_submission"]
+__all__ = ["gap_by_usage", "global_average_precision", "read_solution", "read_submission"]
 
 if TYPE_CHECKING:
-    from gld_jax.metrics.gap import global_average_precision, read_solution, read_submission
+    from gld_jax.metrics.gap import (
+        gap_by_usage,
+        global_average_precision,
+        read_solution,
+        read_submission,
+    )
 
 
 def __getattr__(name: str) -> Any:

@@ -27,7 +27,15 @@ import sys
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["global_average_precision", "main", "read_solution", "read_submission"]
+from gld_jax.utils import fs
+
+__all__ = [
+    "gap_by_usage",
+    "global_average_precision",
+    "main",
+    "read_solution",
+    "read_submission",
+]
 
 _USAGES = ("Public", "Private", "Ignored")
 
@@ -72,7 +80,7 @@ def global_average_precision(
 
 def _read_csv(path: str | Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """Header and the non-empty rows (with their 1-based line numbers) of a CSV."""
-    with open(path, newline="", encoding="utf-8") as f:
+    with fs.open_file(str(path)) as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None:
@@ -138,6 +146,36 @@ def read_solution(path: str | Path, usage: str | None = None) -> dict[str, set[i
     return {i: lm for i, lm, u in rows if u == usage}
 
 
+def _scores(
+    predictions: Mapping[str, tuple[int, float]],
+    rows: list[tuple[str, set[int], str | None]],
+    has_usage: bool,
+) -> dict[str, float]:
+    scores = {
+        "GAP": global_average_precision(predictions, {i: lm for i, lm, u in rows if u != "Ignored"})
+    }
+    if has_usage:
+        for usage in ("Public", "Private"):
+            split = {i: lm for i, lm, u in rows if u == usage}
+            scores[f"GAP/{usage}"] = global_average_precision(predictions, split)
+    return scores
+
+
+def gap_by_usage(
+    predictions: Mapping[str, tuple[int, float]], solution_path: str | Path
+) -> dict[str, float]:
+    """GAP over every scored row ("GAP": Public + Private, Ignored rows left out)
+    and, when the solution CSV has a Usage column, "GAP/Public" and
+    "GAP/Private". The one place the pipeline, the evaluation CLIs and the
+    report score a submission; `solution_path` may be local or gs://.
+
+    Raises:
+      OSError: the file cannot be read.
+      ValueError: malformed header or row, repeated id, unknown Usage.
+    """
+    return _scores(predictions, *_read_solution_rows(solution_path))
+
+
 def read_submission(path: str | Path) -> dict[str, tuple[int, float]]:
     """Read a Kaggle recognition submission (``id,landmarks``).
 
@@ -201,12 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = sum(1 for i in predictions if i not in known)
     if unknown:
         print(f"warning: {unknown} submission ids not in the solution, ignored", file=sys.stderr)
-    scored = {i: lm for i, lm, u in rows if u != "Ignored"}
-    print(f"GAP {global_average_precision(predictions, scored):.6f}")
-    if has_usage:
-        for usage in ("Public", "Private"):
-            split = {i: lm for i, lm, u in rows if u == usage}
-            print(f"GAP/{usage} {global_average_precision(predictions, split):.6f}")
+    for name, value in _scores(predictions, rows, has_usage).items():
+        print(f"{name} {value:.6f}")
     return 0
 
 

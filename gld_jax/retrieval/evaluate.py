@@ -172,22 +172,14 @@ def evaluate_retrieval(
 
 def gap_scores(ev: Evaluation, solution_path: str) -> dict[str, float]:
     """GAP overall (Public + Private rows) and per Usage when the CSV has one."""
-    from gld_jax.metrics.gap import _read_solution_rows, global_average_precision
+    from gld_jax.metrics import gap_by_usage
 
     predictions = {
         i: (int(lab), float(c))
         for i, lab, c in zip(ev.query_ids.tolist(), ev.labels, ev.confidences, strict=True)
         if lab >= 0
     }
-    rows, has_usage = _read_solution_rows(solution_path)
-    out = {
-        "GAP": global_average_precision(predictions, {i: s for i, s, u in rows if u != "Ignored"})
-    }
-    if has_usage:
-        for usage in ("Public", "Private"):
-            split = {i: s for i, s, u in rows if u == usage}
-            out[f"GAP/{usage}"] = global_average_precision(predictions, split)
-    return out
+    return gap_by_usage(predictions, solution_path)
 
 
 def _parser() -> argparse.ArgumentParser:
