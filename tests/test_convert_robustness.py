@@ -57,11 +57,23 @@ def _decode(data: bytes) -> np.ndarray:
 # --------------------------------------------------------------------------- images
 
 
-def test_plain_and_grayscale_jpeg_bytes_kept():
-    for image in (Image.fromarray(_noise()), Image.fromarray(_noise()[..., 0], "L")):
-        data = _save(image, "JPEG", quality=90)
+def test_rgb_jpeg_bytes_kept_baseline_or_progressive():
+    for progressive in (False, True):
+        data = _save(Image.fromarray(_noise()), "JPEG", quality=90, progressive=progressive)
         enc = encode_image(data)
         assert enc.data == data and (enc.height, enc.width, enc.change) == (24, 32, "")
+
+
+def test_grayscale_jpeg_is_reencoded_to_three_channels():
+    import tensorflow as tf
+
+    gray = _noise()[..., 0]
+    enc = encode_image(_save(Image.fromarray(gray, "L"), "JPEG", quality=95))
+    assert enc.change == "converted JPEG L"
+    # a plain decode (no channels=) gives 3 equal channels, close to the gray source
+    pixels = tf.io.decode_jpeg(enc.data).numpy()
+    assert pixels.shape == (24, 32, 3)
+    assert np.abs(pixels.astype(int) - gray[..., None].astype(int)).mean() < 8
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
@@ -126,7 +138,7 @@ def test_huge_images_decode_downscaled_or_are_refused():
     # from its header, before any pixel is decoded.
     big = _save(Image.new("L", (20000, 20000), 128), "JPEG", quality=50)
     enc = encode_image(big)
-    assert (enc.height, enc.width, enc.change) == (5000, 5000, "downscaled huge")
+    assert (enc.height, enc.width, enc.change) == (5000, 5000, "downscaled huge+converted JPEG L")
     png = _save(Image.new("1", (20000, 20000), 1), "PNG")
     with pytest.raises(ImageError, match="too large: 20000x20000"):
         encode_image(png)
@@ -291,8 +303,11 @@ def test_bad_dataset_converts_good_images_and_lists_every_bad_one(
     got = _records(out, manifest["splits"]["train"]["files"])
     assert set(got) == set(GOOD) | set(ODD.values())  # nothing good lost, each once
     assert {i: lm for i, (_, lm) in got.items() if i in GOOD} == GOOD
+    import tensorflow as tf
+
     for data, _ in got.values():
         assert _decode(data).ndim == 3  # every stored image decodes with TF
+        assert tf.io.decode_jpeg(data).shape[-1] == 3  # to 3 channels, unasked
     reasons = {(s["split"], s["id"]): s["reason"] for s in manifest["skipped"]}
     expect = {
         ("train", BAD["empty"]): "empty file",
@@ -319,11 +334,13 @@ def test_bad_dataset_converts_good_images_and_lists_every_bad_one(
     assert manifest["skipped_counts"]["missing file"] == 2
     assert manifest["reencoded"] == {
         "converted JPEG CMYK": 1,
+        "converted JPEG L": 1,
         "converted PNG I;16": 1,
         "converted PNG RGB": 1,
         "converted WEBP RGB": 1,
         "rotated": 1,
     }
+    assert manifest["converted_to_rgb"] == 5  # CMYK, grayscale, 16-bit, PNG, WebP
     # Class counts for dynamic margins: the odd images' class 7 has all 6. Class 8's files
     # exist but none decodes: the table (fixed before decoding) keeps it, counted empty.
     full = manifest["label_sets"]["full"]

@@ -17,7 +17,8 @@ tfrecords_tools/tfds_metadata.py) and `manifest.json` last:
     label_sets.{full,clean}: landmark_ids (class i = landmark_ids[i]), class_counts,
         fold_counts, num_examples, num_empty_classes
     fold_counts (full set), skipped: [{split, id, reason}], skipped_counts: {reason: n},
-    reencoded: {change: n}
+    reencoded: {change: n}, converted_to_rgb: images whose source was not a 3-channel
+        JPEG (grayscale, CMYK, PNG, ...), now RGB JPEGs
 
 Robust to the real set: every bad input (bad CSV rows, duplicate or malformed ids,
 missing files, files without a row, unreadable directories or tars, empty, truncated,
@@ -65,7 +66,7 @@ MANIFEST_FILE = "manifest.json"
 MANIFEST_VERSION = 1
 PARTS_DIR = "_parts"
 # Bumped whenever a shard's bytes for the same inputs would change: stale parts are redone.
-CONVERTER_VERSION = 2
+CONVERTER_VERSION = 3
 LABEL_SETS = ("full", "clean")
 SPLITS = ("train", "test", "index")
 SOLUTION_FILE = "recognition_solution_v2.1.csv"
@@ -513,6 +514,11 @@ def _manifest(results: dict[str, list[ShardResult]], tables: dict[str, list[int]
         "fold_counts": label_sets["full"]["fold_counts"],
         "skipped_counts": dict(sorted(reasons.items())),
         "reencoded": dict(sorted(reencoded.items())),
+        "converted_to_rgb": sum(
+            n
+            for change, n in reencoded.items()
+            if any(part.startswith("converted") for part in change.split("+"))
+        ),
         "skipped": skipped,
     }
 

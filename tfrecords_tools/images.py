@@ -3,8 +3,10 @@
 Pure PIL/numpy (no TensorFlow): every decision about an odd input lives here, so the
 converter's workers and its tests share one definition of "good image":
 
-- a baseline RGB or grayscale JPEG that needs no resize and no EXIF rotation is kept
-  byte for byte;
+- an RGB (3-channel) JPEG, baseline or progressive, that needs no resize and no EXIF
+  rotation is kept byte for byte;
+- a grayscale JPEG is re-encoded as RGB, so every record decodes to 3 channels, as
+  the TFDS feature spec promises, even for a reader that does not ask for them;
 - PNG/WebP/GIF/... content (whatever the file name says), CMYK, palette, alpha and
   16-bit images are decoded, converted to 8-bit RGB and re-encoded as JPEG;
 - an EXIF orientation other than 1 is applied to the pixels (tf.io.decode_jpeg ignores
@@ -159,11 +161,11 @@ def _encode(data: bytes, options: EncodeOptions) -> Encoded:
         if im.size[0] * im.size[1] > options.max_pixels:
             raise ImageError(f"too large: {width}x{height} pixels > limit {options.max_pixels}")
         im.load()  # full decode: catches truncated files, not just bad headers
-        keep = (fmt == "JPEG" and im.mode in ("RGB", "L") and target is None
+        keep = (fmt == "JPEG" and im.mode == "RGB" and target is None
                 and orientation not in _TRANSPOSE and not changes)
         if keep:
             return Encoded(data, height, width)
-        if fmt != "JPEG" or im.mode not in ("RGB", "L"):
+        if fmt != "JPEG" or im.mode != "RGB":
             changes.append(f"converted {fmt} {im.mode}")
         rgb = _to_rgb(im)
     if orientation in _TRANSPOSE:
