@@ -75,6 +75,15 @@ def main(argv: list[str] | None = None) -> int:
     config = _CONFIG.value
     config_path = flags.FLAGS["config"].config_filename
     workdir = _WORKDIR.value or _default_workdir(config_path)
+    from gld_jax.utils.fs import unsupported_scheme
+
+    problem = unsupported_scheme(workdir, "--workdir") or next(
+        filter(None, (unsupported_scheme(config[k], k) for k in ("data_dir", "tfrecord_dir"))),
+        None,
+    )
+    if problem:  # before anything is written: never a folder named 'file:' in the cwd
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     if _DRY_RUN.value:
         from gld_jax.dry_run import run_dry
 

@@ -35,6 +35,9 @@ def test_demo_config_is_valid_on_1_and_8_devices():
         (lambda c: setattr(c.mesh, "model", 3), "mesh"),
         (lambda c: setattr(c, "fold", 5), "fold"),
         (lambda c: setattr(c.model, "dtype", "float16"), "model.dtype"),
+        (lambda c: setattr(c, "data_dir", "file:///tmp/d"), "data_dir"),
+        (lambda c: setattr(c, "tfrecord_dir", "s3://b/t"), "tfrecord_dir"),
+        (lambda c: setattr(c.stages[0], "accumulate_steps", -1), "stages[0].accumulate_steps"),
     ],
 )
 def test_bad_value_names_its_key(change, key):
@@ -87,3 +90,32 @@ def test_cli_reports_unknown_key_in_one_line(tmp_path):
     assert out.returncode != 0
     assert "Traceback" not in out.stderr
     assert "nonsense" in out.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    "flag, words",
+    [
+        ("--workdir=file://{tmp}/run", "--workdir: file:// is not supported, use a local path"),
+        ("--config.data_dir=file://{tmp}/data", "data_dir: file:// is not supported"),
+    ],
+)
+def test_cli_refuses_unsupported_url_schemes_before_writing(tmp_path, flag, words):
+    """A file:// path is refused in one line, before anything is created (it used
+    to become a folder literally named 'file:' in the current directory)."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    args = ["--workdir", str(tmp_path / "run"), flag.format(tmp=tmp_path)]
+    out = subprocess.run(
+        [sys.executable, "-m", "gld_jax.main", "--config", os.path.join(ROOT, "configs/demo.py")]
+        + args,
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": ROOT},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert lines[-1] == f"error: {words}" or lines[-1].startswith(f"error: {words}"), lines
+    assert "Traceback" not in out.stderr
+    assert not os.listdir(cwd) and not (tmp_path / "run").exists()

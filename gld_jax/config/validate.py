@@ -47,6 +47,17 @@ def validate_config(
     whose data may not be reachable from where it is planned).
     """
     from gld_jax.models.registry import backbone_names  # light: no TF, no weights
+    from gld_jax.utils.fs import unsupported_scheme
+
+    paths = {
+        "data_dir": config.data_dir,
+        "tfrecord_dir": config.tfrecord_dir,
+        "model.init_from": config.model.get("init_from", ""),
+    }
+    for key, path in paths.items():
+        problem = unsupported_scheme(path, key)
+        if problem:
+            raise ConfigError(key, problem.split(": ", 1)[1])
 
     names = backbone_names()
     _check(
@@ -155,7 +166,11 @@ def validate_config(
             f"{s.batch_size} is not divisible by the {process_count} processes",
         )
         accumulate = stage_accumulate_steps(config, i)
-        _check(accumulate >= 1, f"{key}.accumulate_steps", "must be >= 1 (or 0: the optimizer's)")
+        _check(
+            s.get("accumulate_steps", 0) >= 0 and accumulate >= 1,
+            f"{key}.accumulate_steps",
+            "must be >= 1, or 0 for optimizer.accumulate_steps (itself >= 1)",
+        )
         _check(
             s.batch_size % (devices * accumulate) == 0,
             f"{key}.batch_size",

@@ -12,9 +12,26 @@ import glob as _glob
 import os
 from typing import IO
 
+# URL schemes the layer serves (through tf.io.gfile, and Orbax's etils paths for
+# checkpoints). file:// is refused: Orbax rejects it, and a plain path says the same.
+SUPPORTED_SCHEMES = ("gs",)
+
 
 def is_remote(path: str) -> bool:
     return "://" in str(path)
+
+
+def unsupported_scheme(path: str, key: str) -> str | None:
+    """One line for a path whose URL scheme this layer cannot serve, naming the
+    config key or flag it came from; None when the path is fine."""
+    path = str(path)
+    if "://" not in path:
+        return None
+    scheme = path.split("://", 1)[0]
+    if scheme in SUPPORTED_SCHEMES:
+        return None
+    supported = " or ".join(f"{s}://" for s in SUPPORTED_SCHEMES)
+    return f"{key}: {scheme}:// is not supported, use a local path or {supported}"
 
 
 def _gfile():
