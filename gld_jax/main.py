@@ -24,7 +24,7 @@ import time
 from absl import flags
 from ml_collections import config_flags
 
-from gld_jax.utils.cli import parse_flags
+from gld_jax.utils.cli import cpu_only_when_no_accelerator, parse_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (local path or gs://...).")
@@ -57,6 +57,7 @@ def _default_workdir(config_path: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
+    cpu_only_when_no_accelerator()
     parse_flags(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"

@@ -190,3 +190,28 @@ def test_missing_libtpu_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "libtpu", None)  # import libtpu -> ImportError
     with pytest.raises(aot.TopologyError, match="pip install -r requirements-tpu.txt"):
         aot.topology_devices("v3:4x4")
+
+
+def test_cli_stays_quiet_on_a_machine_without_tpus(tmp_path):
+    """With libtpu installed (the dev set) and no accelerator, the CLI keeps jax
+    on the CPU instead of letting libtpu probe for chips and print its TPU_*
+    warnings. The demo's dry run counts this process's devices (starting a jax
+    backend), then stops on its missing manifest: one line, nothing else."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    out = subprocess.run(
+        [sys.executable, "-m", "gld_jax.main", "--config", "configs/demo.py", "--dry_run"]
+        + ["--workdir", str(tmp_path / "run")],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "manifest" in lines[0], out.stderr

@@ -6,9 +6,10 @@ Runs `python -m gld_jax.main --config C --dry_run --compile --json` for each
 config in turn (one compile at a time: on 2 cores a second would distort both),
 keeps each JSON report in --out (a config whose report is already there is not
 compiled again, so an interrupted sweep resumes), and prints per stage: px,
-per-device batch, micro-batches, XLA:TPU's peak GiB per device, the dry run's
-estimate, the largest per-device batch that fits in one pass, the roofline step
-time and the stage's hours at the roofline, and the compile time.
+per-device batch, micro-batches, XLA:TPU's peak GiB per device, the plain dry
+run's estimate (rerun with the current code: seconds), the largest per-device
+batch that fits in one pass, the roofline step time and the stage's hours at
+the roofline, and the compile time.
 """
 
 from __future__ import annotations
@@ -45,21 +46,35 @@ def run_one(config: str, out_dir: str, overrides: list[str]) -> dict:
     return report
 
 
-def table(reports: list[dict]) -> str:
+def estimate(config: str, overrides: list[str]) -> dict:
+    """The plain dry run's report (seconds; nothing compiled), for the estimate
+    column as the current code makes it."""
+    cmd = [sys.executable, "-m", "gld_jax.main", "--config", config, "--dry_run", "--json"]
+    res = subprocess.run(
+        [*cmd, *overrides],
+        cwd=ROOT,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(res.stdout)
+
+
+def table(reports: list[dict], estimates: list[dict]) -> str:
     rows = [
         "| config | stage | px | batch/device | micro-batches | compiled GiB/device | "
         "estimate GiB/device | largest batch/device (one pass) | roofline step | "
         "hours at roofline | compile |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for r in reports:
+    for r, est in zip(reports, estimates, strict=True):
         name = os.path.splitext(os.path.basename(r["config"]))[0]
-        for s in r["stages"]:
+        for s, e in zip(r["stages"], est["stages"], strict=True):
             c = s["compiled"]
             rows.append(
                 f"| {name} | {s['stage']} | {s['image_size']} | {s['per_device_batch']} | "
                 f"{s['accumulate_steps']} | {c['peak_gib']:.2f} | "
-                f"{s['memory_gib_per_device']['total']:.2f} | {c['largest_batch_per_device']} | "
+                f"{e['memory_gib_per_device']['total']:.2f} | {c['largest_batch_per_device']} | "
                 f"{c['roofline_seconds'] * 1e3:.0f} ms | {c['step_hours']:.1f} | "
                 f"{c['compile_seconds']:.0f} s |"
             )
@@ -79,7 +94,7 @@ def main() -> None:
     args, overrides = parser.parse_known_args()
     os.makedirs(args.out, exist_ok=True)
     reports = [run_one(c, args.out, overrides) for c in args.configs]
-    print(table(reports))
+    print(table(reports, [estimate(c, overrides) for c in args.configs]))
     fits = all(r["fits"] for r in reports)
     print(json.dumps({"configs": len(reports), "all_fit": fits}))
 
