@@ -234,9 +234,9 @@ def test_gap_by_usage_with_and_without_a_usage_column(tmp_path):
     rows = [("a", "1", "Public"), ("b", "2", "Private"), ("c", "3", "Public")]
     rows += [("d", "", "Private"), ("e", "4", "Ignored")]
     with_usage = tmp_path / "with.csv"
-    with_usage.write_text("id,landmarks,Usage\n" + "".join(f"{i},{l},{u}\n" for i, l, u in rows))
+    with_usage.write_text("id,landmarks,Usage\n" + "".join(f"{i},{lm},{u}\n" for i, lm, u in rows))
     without = tmp_path / "without.csv"
-    without.write_text("id,landmarks\n" + "".join(f"{i},{l}\n" for i, l, _ in rows[:4]))
+    without.write_text("id,landmarks\n" + "".join(f"{i},{lm}\n" for i, lm, _ in rows[:4]))
     from gld_jax.metrics import gap_by_usage
 
     # By hand. All scored rows ranked d(wrong) a(right) b(wrong) c(right):
