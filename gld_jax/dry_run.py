@@ -16,8 +16,10 @@ How each figure is made (say so when quoting them):
 - activations: the residuals the backward pass keeps (traced at a probe size and
   scaled by image area; exact for sizes that are multiples of 32), for one
   micro-batch per device, plus the head's logits for its rows x class shard,
-  times `ACTIVATION_OVERHEAD` for the backward's own temporaries (calibrated
-  against XLA's compiled memory analysis).
+  times `activation_overhead(target)` for the backend's working set over them
+  (calibrated against XLA's compiled memory analysis: XLA:CPU's on CPU/GPU
+  targets, XLA:TPU's on TPU targets). `--compile` replaces the estimate with
+  XLA:TPU's own figures (gld_jax.compiled_plan).
   XLA's own scratch buffers are not counted: a stage "fits" when the total is
   within `USABLE_FRACTION` of the device memory. With `model.remat` only the
   blocks' saved inputs count, not the one block being recomputed: an underestimate.
@@ -43,8 +45,14 @@ USABLE_FRACTION = 0.9  # of device memory, leaving room for XLA's scratch buffer
 # EfficientNet-B0 (128 px, batch 8, XLA:CPU) needed 529 MiB of temporaries for
 # 347 MiB of residuals, 1.52x (tests/test_dry_run.py keeps this honest). XLA:GPU
 # fuses and recomputes the elementwise tail and needed ~4x less than this
-# estimate (BENCHMARKS.md): on fusing backends (GPU, TPU) it is an upper bound.
+# estimate (BENCHMARKS.md): on GPUs it is an upper bound.
 ACTIVATION_OVERHEAD = 1.5
+# The same for TPU targets, from XLA:TPU itself (`--dry_run --compile` on a
+# v3-32, BENCHMARKS.md): XLA:TPU fuses and recomputes BatchNorm/swish inside the
+# backward, and its compiled temporaries were 0.23-0.60x the traced residuals
+# over the 9 stages of effb6, effb7 and resnest101 (0.60 at batch 2 per device).
+# 0.65 keeps the estimate an upper bound on all of them, with a margin.
+TPU_ACTIVATION_OVERHEAD = 0.65
 PROBE_BATCH, PROBE_SIZE = 2, 64  # the abstract trace's shape (see train.costs)
 
 
@@ -76,6 +84,12 @@ ACCELERATORS: dict[str, Accelerator] = {
     "h200": Accelerator("NVIDIA H200 141GB", 141e9, 989e12, 8, 4.8e12),
     "a100": Accelerator("NVIDIA A100 80GB", 80e9, 312e12, 8, 2.039e12),
 }
+
+
+def activation_overhead(accelerator: str) -> float:
+    """Working set of a train step over its traced residuals on `accelerator`."""
+    return TPU_ACTIVATION_OVERHEAD if accelerator.startswith("tpu_") else ACTIVATION_OVERHEAD
+
 
 # GLDv2 v2.1 (DESIGN.md "GLDv2 on disk"): classes and images per label set.
 GLDV2_COUNTS = {"full": (203_094, 4_132_914), "clean": (81_313, 1_580_470)}
@@ -265,7 +279,8 @@ def plan_run(config, workdir: str, *, config_name: str = "", compile: bool = Fal
         act_bytes += head_residual_bytes(
             head_rows, c_pad // model_axis, m.sub_centers, m.embedding_dim
         )
-        act_bytes *= ACTIVATION_OVERHEAD
+        residuals = act_bytes
+        act_bytes *= activation_overhead(target.accelerator)
         act_bytes += 2 * micro * plan.image_size**2 * 3  # the uint8 batch, double-buffered
         memory = {
             "params": param_bytes,
@@ -303,6 +318,7 @@ def plan_run(config, workdir: str, *, config_name: str = "", compile: bool = Fal
                     "total": embedder_params + head_params,
                 },
                 "tflops_per_step": step_flops / 1e12,
+                "residual_gib": residuals / GIB,
                 "memory_gib_per_device": {k: v / GIB for k, v in memory.items()}
                 | {"total": total / GIB, "usable": budget / GIB},
                 "fits": total <= budget,
