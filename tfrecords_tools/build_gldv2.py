@@ -115,8 +115,9 @@ def _skip(split: str, image_id: str, reason: str) -> dict:
     return {"split": split, "id": image_id, "reason": reason}
 
 
-def _read_csv(path: str, columns: Sequence[str], skipped: list[dict], split: str
-              ) -> Iterator[dict[str, str]]:
+def _read_csv(
+    path: str, columns: Sequence[str], skipped: list[dict], split: str
+) -> Iterator[dict[str, str]]:
     """Streams the rows of a CSV that must have `columns` in its header.
 
     Rows the csv module cannot parse (NUL bytes, runaway quotes) are recorded in
@@ -253,8 +254,9 @@ def assign_folds(labels: dict[str, int], folds: int, seed: int) -> dict[str, int
 # --------------------------------------------------------------------------- images
 
 
-def entry_to_example(location: str | tuple[str, int, int], entry: Entry, class_index: int,
-                     options: EncodeOptions) -> tuple[tf.train.Example, str] | str:
+def entry_to_example(
+    location: str | tuple[str, int, int], entry: Entry, class_index: int, options: EncodeOptions
+) -> tuple[tf.train.Example, str] | str:
     """(Example, how the image was changed) for one image, or the reason it is skipped."""
     from tfrecords_tools import features
 
@@ -269,9 +271,15 @@ def entry_to_example(location: str | tuple[str, int, int], entry: Entry, class_i
     except ImageError as e:
         return str(e)
     example = features.make_example(
-        encoded=enc.data, image_id=entry.image_id, class_index=class_index,
-        landmark_id=entry.landmark_id, height=enc.height, width=enc.width, fold=entry.fold,
-        clean=entry.clean)
+        encoded=enc.data,
+        image_id=entry.image_id,
+        class_index=class_index,
+        landmark_id=entry.landmark_id,
+        height=enc.height,
+        width=enc.width,
+        fold=entry.fold,
+        clean=entry.clean,
+    )
     return example, enc.change
 
 
@@ -291,14 +299,14 @@ class ShardTask:
         h = hashlib.sha256()
         h.update(json.dumps([CONVERTER_VERSION, asdict(self.options)]).encode())
         for e, c in zip(self.entries, self.classes, strict=True):
-            h.update(f"{e.split},{e.image_id},{e.landmark_id},{e.fold},{e.clean:d},{c};"
-                     .encode())
+            h.update(f"{e.split},{e.image_id},{e.landmark_id},{e.fold},{e.clean:d},{c};".encode())
         return h.hexdigest()
 
 
 def _part_path(shard_path: str) -> str:
-    return os.path.join(os.path.dirname(shard_path), PARTS_DIR,
-                        os.path.basename(shard_path) + ".json")
+    return os.path.join(
+        os.path.dirname(shard_path), PARTS_DIR, os.path.basename(shard_path) + ".json"
+    )
 
 
 def _load_part(task: ShardTask) -> ShardResult | None:
@@ -313,8 +321,10 @@ def _load_part(task: ShardTask) -> ShardResult | None:
             result = ShardResult(**json.load(f))
     except (ValueError, TypeError, tf.errors.OpError):
         return None
-    if (result.fingerprint != task.fingerprint()
-            or tf.io.gfile.stat(task.path).length != result.num_bytes):
+    if (
+        result.fingerprint != task.fingerprint()
+        or tf.io.gfile.stat(task.path).length != result.num_bytes
+    ):
         return None
     result.reused = True
     return result
@@ -347,8 +357,7 @@ def write_shard(task: ShardTask, progress: Callable[[int], object] | None = None
     reencoded: collections.Counter[str] = collections.Counter()
     tmp = f"{task.path}.tmp-{os.getpid()}"
     with tf.io.TFRecordWriter(tmp) as writer:
-        for entry, location, cls in zip(task.entries, task.locations, task.classes,
-                                        strict=True):
+        for entry, location, cls in zip(task.entries, task.locations, task.classes, strict=True):
             out = entry_to_example(location, entry, cls, task.options)
             if isinstance(out, str):
                 result.skipped.append(_skip(entry.split, entry.image_id, out))
@@ -375,9 +384,16 @@ def shard_name(split: str, index: int, count: int) -> str:
     return f"{split}-{index:05d}-of-{count:05d}.tfrecord"
 
 
-def _shard_tasks(split: str, entries: list[Entry], locations: dict, classes: dict[str, int],
-                 num_shards: int, seed: int, output_dir: str, options: EncodeOptions
-                 ) -> list[ShardTask]:
+def _shard_tasks(
+    split: str,
+    entries: list[Entry],
+    locations: dict,
+    classes: dict[str, int],
+    num_shards: int,
+    seed: int,
+    output_dir: str,
+    options: EncodeOptions,
+) -> list[ShardTask]:
     """Shuffles a split's images with the seed and cuts them into contiguous shards."""
     if split != "train":
         num_shards = min(num_shards, max(1, math.ceil(len(entries) / MIN_EXAMPLES_PER_SHARD)))
@@ -385,10 +401,15 @@ def _shard_tasks(split: str, entries: list[Entry], locations: dict, classes: dic
     tasks = []
     for i, part in enumerate(np.array_split(order, num_shards)):
         chosen = [entries[k] for k in part]
-        tasks.append(ShardTask(
-            path=os.path.join(output_dir, shard_name(split, i, num_shards)),
-            entries=chosen, locations=[locations[e.image_id] for e in chosen],
-            classes=[classes.get(e.image_id, -1) for e in chosen], options=options))
+        tasks.append(
+            ShardTask(
+                path=os.path.join(output_dir, shard_name(split, i, num_shards)),
+                entries=chosen,
+                locations=[locations[e.image_id] for e in chosen],
+                classes=[classes.get(e.image_id, -1) for e in chosen],
+                options=options,
+            )
+        )
     return tasks
 
 
@@ -401,8 +422,9 @@ def _run_tasks(tasks: list[ShardTask], num_workers: int, show_progress: bool) ->
     """Runs the shard tasks (in worker processes when num_workers > 1), in task order."""
     total = sum(len(t.entries) for t in tasks)
     # tqdm shows images/s and the ETA; with workers it advances a shard at a time.
-    with tqdm(total=total, desc="TFRecords", unit="img", disable=not show_progress,
-              smoothing=0.05) as bar:
+    with tqdm(
+        total=total, desc="TFRecords", unit="img", disable=not show_progress, smoothing=0.05
+    ) as bar:
         if num_workers <= 1:
             return [write_shard(t, bar.update) for t in tasks]
         with _pool(num_workers) as pool:
@@ -416,19 +438,28 @@ def _run_tasks(tasks: list[ShardTask], num_workers: int, show_progress: bool) ->
 # --------------------------------------------------------------------------- sources
 
 
-def _list_split(data_dir: str, split: str, from_tars: bool, num_workers: int,
-                 show_progress: bool) -> sources.Listing:
+def _list_split(
+    data_dir: str, split: str, from_tars: bool, num_workers: int, show_progress: bool
+) -> sources.Listing:
     """Everything a split's source holds (folder walk, or tar headers indexed in parallel)."""
     if not from_tars:
         return sources.list_folder(data_dir, split)
     tars = sources.tar_files(data_dir, split)
     if num_workers > 1 and len(tars) > 1:
         with _pool(min(num_workers, len(tars))) as pool:
-            parts = list(tqdm(pool.imap(sources.index_tar, tars), total=len(tars),
-                              desc=f"index {split} tars", disable=not show_progress))
+            parts = list(
+                tqdm(
+                    pool.imap(sources.index_tar, tars),
+                    total=len(tars),
+                    desc=f"index {split} tars",
+                    disable=not show_progress,
+                )
+            )
     else:
-        parts = [sources.index_tar(t) for t in tqdm(tars, desc=f"index {split} tars",
-                                                     disable=not show_progress)]
+        parts = [
+            sources.index_tar(t)
+            for t in tqdm(tars, desc=f"index {split} tars", disable=not show_progress)
+        ]
     locations: dict = {}
     stray: list[str] = []
     errors: list[tuple[str, str]] = []
@@ -440,8 +471,9 @@ def _list_split(data_dir: str, split: str, from_tars: bool, num_workers: int,
     return sources.Listing(locations, stray, errors)
 
 
-def _match(split: str, ids: Sequence[str], listing: sources.Listing,
-           skipped: list[dict]) -> list[str]:
+def _match(
+    split: str, ids: Sequence[str], listing: sources.Listing, skipped: list[dict]
+) -> list[str]:
     """Ids that have an image, recording the others and the images without an id."""
     present = []
     for image_id in ids:
@@ -450,8 +482,7 @@ def _match(split: str, ids: Sequence[str], listing: sources.Listing,
         else:
             skipped.append(_skip(split, image_id, "missing file"))
     wanted = set(ids)
-    skipped += [_skip(split, i, "no csv row") for i in sorted(listing.locations)
-                if i not in wanted]
+    skipped += [_skip(split, i, "no csv row") for i in sorted(listing.locations) if i not in wanted]
     skipped += [_skip(split, name, "stray file (not <16 hex id>.jpg)") for name in listing.stray]
     skipped += [_skip(split, where, reason) for where, reason in listing.errors]
     return present
@@ -461,18 +492,25 @@ def _match(split: str, ids: Sequence[str], listing: sources.Listing,
 
 
 def _label_tables(train: dict[str, int], clean: set[str]) -> dict[str, list[int]]:
-    return {"full": sorted(set(train.values())),
-            "clean": sorted({train[i] for i in clean})}
+    return {"full": sorted(set(train.values())), "clean": sorted({train[i] for i in clean})}
 
 
-def _manifest(results: dict[str, list[ShardResult]], tables: dict[str, list[int]],
-              folds: int, label_set: str, seed: int, options: EncodeOptions,
-              skipped: list[dict]) -> dict:
+def _manifest(
+    results: dict[str, list[ShardResult]],
+    tables: dict[str, list[int]],
+    folds: int,
+    label_set: str,
+    seed: int,
+    options: EncodeOptions,
+    skipped: list[dict],
+) -> dict:
     splits = {}
     for split, shard_results in results.items():
-        splits[split] = {"files": [r.name for r in shard_results],
-                         "num_examples": sum(len(r.landmark_ids) for r in shard_results),
-                         "shard_counts": [len(r.landmark_ids) for r in shard_results]}
+        splits[split] = {
+            "files": [r.name for r in shard_results],
+            "num_examples": sum(len(r.landmark_ids) for r in shard_results),
+            "shard_counts": [len(r.landmark_ids) for r in shard_results],
+        }
     label_sets = {}
     shard_fold_counts = {}
     for name, landmark_ids in tables.items():
@@ -490,7 +528,8 @@ def _manifest(results: dict[str, list[ShardResult]], tables: dict[str, list[int]
             "landmark_ids": landmark_ids,
             "class_counts": class_counts.tolist(),
             "fold_counts": np.sum(per_shard, axis=0, dtype=np.int64).reshape(-1).tolist()
-            if per_shard else [0] * folds,
+            if per_shard
+            else [0] * folds,
             "num_examples": int(class_counts.sum()),
             "num_empty_classes": int((class_counts == 0).sum()),
         }
@@ -543,8 +582,13 @@ def _prepare_output(output_dir: str) -> None:
         raise BuildError(f"output dir {output_dir} is not writable: {message}") from None
 
 
-def _write_outputs(output_dir: str, manifest: dict, results: dict[str, list[ShardResult]],
-                   tables: dict[str, list[int]], label_set: str) -> None:
+def _write_outputs(
+    output_dir: str,
+    manifest: dict,
+    results: dict[str, list[ShardResult]],
+    tables: dict[str, list[int]],
+    label_set: str,
+) -> None:
     """TFDS metadata, then manifest.json last (its presence means the build is complete)."""
     from tfrecords_tools import tfds_metadata
 
@@ -554,7 +598,8 @@ def _write_outputs(output_dir: str, manifest: dict, results: dict[str, list[Shar
         num_bytes={s: sum(r.num_bytes for r in rs) for s, rs in results.items()},
         class_names=[str(lm) for lm in tables[label_set]],
         description=f"GLDv2 converted by tfrecords_tools.build_gldv2 (label_set "
-                    f"{label_set}); image/class indexes the {label_set} label set.")
+        f"{label_set}); image/class indexes the {label_set} label set.",
+    )
     _write_atomic(os.path.join(output_dir, MANIFEST_FILE), json.dumps(manifest, indent=1))
 
 
@@ -611,8 +656,7 @@ def build_gldv2(
         raise BuildError(f"data dir {data_dir} does not exist")
 
     train, skipped = read_train(data_dir)
-    listings = {s: _list_split(data_dir, s, from_tars, num_workers, show_progress)
-                for s in SPLITS}
+    listings = {s: _list_split(data_dir, s, from_tars, num_workers, show_progress) for s in SPLITS}
     present = _match("train", sorted(train), listings["train"], skipped)
     if not present:
         where = "*.tar" if from_tars else "a/b/c/<id>.jpg"
@@ -620,8 +664,10 @@ def build_gldv2(
     train = {i: train[i] for i in present}
     clean = read_clean(data_dir, train)
     if label_set == "clean" and not clean:
-        raise BuildError(f"label_set 'clean' needs {os.path.join(data_dir, 'train_clean.csv')}"
-                         " listing train images")
+        raise BuildError(
+            f"label_set 'clean' needs {os.path.join(data_dir, 'train_clean.csv')}"
+            " listing train images"
+        )
     tables = _label_tables(train, clean)
     fold_of = assign_folds(train, folds, seed)
     entries: dict[str, list[Entry]] = {
@@ -632,18 +678,31 @@ def build_gldv2(
         ids, bad = read_ids(data_dir, split)
         skipped += bad
         ids = _match(split, ids, listings[split], skipped)
-        entries[split] = [Entry(split, i, solution.get(i, -1) if split == "test" else -1)
-                          for i in ids]
+        entries[split] = [
+            Entry(split, i, solution.get(i, -1) if split == "test" else -1) for i in ids
+        ]
 
     _prepare_output(output_dir)
     options = EncodeOptions(max_side=max_side, jpeg_quality=jpeg_quality, max_pixels=max_pixels)
     class_of = {lm: i for i, lm in enumerate(tables[label_set])}
-    classes = {e.image_id: class_of[e.landmark_id] for e in entries["train"]
-               if label_set == "full" or e.clean}
-    tasks = {split: _shard_tasks(split, entries[split], listings[split].locations,
-                                 classes if split == "train" else {}, num_shards, seed,
-                                 output_dir, options)
-             for split in SPLITS}
+    classes = {
+        e.image_id: class_of[e.landmark_id]
+        for e in entries["train"]
+        if label_set == "full" or e.clean
+    }
+    tasks = {
+        split: _shard_tasks(
+            split,
+            entries[split],
+            listings[split].locations,
+            classes if split == "train" else {},
+            num_shards,
+            seed,
+            output_dir,
+            options,
+        )
+        for split in SPLITS
+    }
     flat = [t for split in SPLITS for t in tasks[split]]
     try:
         flat_results = _run_tasks(flat, num_workers, show_progress)
@@ -651,7 +710,7 @@ def build_gldv2(
         raise BuildError(f"cannot write shards to {output_dir}: {e}") from None
     results, k = {}, 0
     for split in SPLITS:
-        results[split] = flat_results[k:k + len(tasks[split])]
+        results[split] = flat_results[k : k + len(tasks[split])]
         k += len(tasks[split])
     manifest = _manifest(results, tables, folds, label_set, seed, options, skipped)
     _write_outputs(output_dir, manifest, results, tables, label_set)
@@ -662,13 +721,16 @@ def build_gldv2(
 def summary_line(manifest: dict) -> str:
     """One human line: examples per split, classes, skipped by reason, re-encoded."""
     counts = ", ".join(f"{s} {manifest['splits'][s]['num_examples']:,}" for s in SPLITS)
-    classes = ", ".join(f"{n} {len(t['landmark_ids']):,}"
-                        for n, t in manifest["label_sets"].items())
+    classes = ", ".join(
+        f"{n} {len(t['landmark_ids']):,}" for n, t in manifest["label_sets"].items()
+    )
     skipped = ", ".join(f"{r} {n:,}" for r, n in manifest["skipped_counts"].items()) or "none"
     reenc = sum(manifest["reencoded"].values())
-    return (f"converted {counts} images; classes {classes}; re-encoded {reenc:,}; "
-            f"skipped {len(manifest['skipped']):,} ({skipped}); "
-            f"{manifest.get('_reused_shards', 0)} shards reused")
+    return (
+        f"converted {counts} images; classes {classes}; re-encoded {reenc:,}; "
+        f"skipped {len(manifest['skipped']):,} ({skipped}); "
+        f"{manifest.get('_reused_shards', 0)} shards reused"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -679,35 +741,61 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output_dir", required=True, help="local dir or gs://bucket/dir")
     parser.add_argument("--num_shards", type=int, default=8)
     parser.add_argument("--label_set", choices=LABEL_SETS, default="full")
-    parser.add_argument("--clean", dest="label_set", action="store_const", const="clean",
-                        help="shorthand for --label_set clean")
+    parser.add_argument(
+        "--clean",
+        dest="label_set",
+        action="store_const",
+        const="clean",
+        help="shorthand for --label_set clean",
+    )
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--max_side", type=int, default=None)
     parser.add_argument("--jpeg_quality", type=int, default=95)
     parser.add_argument("--max_pixels", type=int, default=DEFAULT_MAX_PIXELS)
-    parser.add_argument("--num_workers", type=int, default=os.cpu_count() or 1,
-                        help="worker processes (default: all cores)")
-    parser.add_argument("--from_tars", action="store_true",
-                        help="read <split>/*.tar (GLDv2's download format) in place")
+    parser.add_argument(
+        "--num_workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="worker processes (default: all cores)",
+    )
+    parser.add_argument(
+        "--from_tars",
+        action="store_true",
+        help="read <split>/*.tar (GLDv2's download format) in place",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no_progress", action="store_true")
     args = parser.parse_args(argv)
     try:
         manifest = build_gldv2(
-            args.data_dir, args.output_dir, num_shards=args.num_shards,
-            label_set=args.label_set, folds=args.folds, max_side=args.max_side,
-            jpeg_quality=args.jpeg_quality, num_workers=args.num_workers, seed=args.seed,
-            show_progress=not args.no_progress, from_tars=args.from_tars,
-            max_pixels=args.max_pixels)
+            args.data_dir,
+            args.output_dir,
+            num_shards=args.num_shards,
+            label_set=args.label_set,
+            folds=args.folds,
+            max_side=args.max_side,
+            jpeg_quality=args.jpeg_quality,
+            num_workers=args.num_workers,
+            seed=args.seed,
+            show_progress=not args.no_progress,
+            from_tars=args.from_tars,
+            max_pixels=args.max_pixels,
+        )
     except BuildError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(summary_line(manifest), file=sys.stderr)
     counts = {s: manifest["splits"][s]["num_examples"] for s in SPLITS}
-    print(json.dumps({"output_dir": args.output_dir, "examples": counts,
-                      "classes": {n: len(t["landmark_ids"])
-                                  for n, t in manifest["label_sets"].items()},
-                      "skipped": len(manifest["skipped"])}))
+    print(
+        json.dumps(
+            {
+                "output_dir": args.output_dir,
+                "examples": counts,
+                "classes": {n: len(t["landmark_ids"]) for n, t in manifest["label_sets"].items()},
+                "skipped": len(manifest["skipped"]),
+            }
+        )
+    )
     return 0
 
 

@@ -31,10 +31,15 @@ from PIL import Image
 DEFAULT_MAX_PIXELS = 64_000_000
 _EXIF_ORIENTATION = 0x0112
 # EXIF orientation -> the transpose that shows the image upright (PIL's exif_transpose).
-_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
-              4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
-              6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-              8: Image.Transpose.ROTATE_90}
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
@@ -96,16 +101,22 @@ def _target_size(width: int, height: int, max_side: int | None) -> tuple[int, in
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def _draft_scale(width: int, height: int, target: tuple[int, int] | None,
-                 max_pixels: int) -> int:
+def _draft_scale(width: int, height: int, target: tuple[int, int] | None, max_pixels: int) -> int:
     """JPEG DCT scale (1, 2, 4 or 8): the largest that keeps both sides >= target, or the
     smallest that brings the pixels within max_pixels, whichever is larger."""
+
     def side(n: int, s: int) -> int:
         return -(-n // s)
 
     scales = (1, 2, 4, 8)
-    fit = max((s for s in scales if target is None or
-               (side(width, s) >= target[0] and side(height, s) >= target[1])), default=1)
+    fit = max(
+        (
+            s
+            for s in scales
+            if target is None or (side(width, s) >= target[0] and side(height, s) >= target[1])
+        ),
+        default=1,
+    )
     within = next((s for s in scales if side(width, s) * side(height, s) <= max_pixels), 8)
     return max(fit if target is not None else 1, within)
 
@@ -161,8 +172,13 @@ def _encode(data: bytes, options: EncodeOptions) -> Encoded:
         if im.size[0] * im.size[1] > options.max_pixels:
             raise ImageError(f"too large: {width}x{height} pixels > limit {options.max_pixels}")
         im.load()  # full decode: catches truncated files, not just bad headers
-        keep = (fmt == "JPEG" and im.mode == "RGB" and target is None
-                and orientation not in _TRANSPOSE and not changes)
+        keep = (
+            fmt == "JPEG"
+            and im.mode == "RGB"
+            and target is None
+            and orientation not in _TRANSPOSE
+            and not changes
+        )
         if keep:
             return Encoded(data, height, width)
         if fmt != "JPEG" or im.mode != "RGB":
