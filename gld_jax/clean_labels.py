@@ -36,6 +36,25 @@ def main(argv: list[str] | None = None) -> int:
     if not _WORKDIR.value or not _OUTPUT.value:
         print("error: --workdir and --output are required", file=sys.stderr)
         return 2
+    from gld_jax.utils import fs
+
+    problem = next(
+        filter(
+            None,
+            (
+                fs.unsupported_scheme(path, key)
+                for key, path in (
+                    ("--workdir", _WORKDIR.value),
+                    ("--output", _OUTPUT.value),
+                    ("--drop_to", _DROP_TO.value or ""),
+                )
+            ),
+        ),
+        None,
+    )
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     cpu_only_when_no_accelerator()
 
     import jax
@@ -67,11 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     ids, landmarks = emb.ids[keep], emb.labels[keep]
     listed = select_noisy(angles, landmarks, _THRESHOLD.value, _MIN_PER_CLASS.value)
     order = np.argsort(-angles[listed], kind="stable")
-    with open(_OUTPUT.value, "w", newline="") as f:
-        w = csv.writer(f)
+    with fs.open_file(_OUTPUT.value + ".tmp", "w") as f:
+        w = csv.writer(f, lineterminator="\n")
         w.writerow(["id", "landmark_id", "angle_degrees"])
         for i in order:
             w.writerow([ids[listed][i], int(landmarks[listed][i]), f"{angles[listed][i]:.2f}"])
+    fs.replace(_OUTPUT.value + ".tmp", _OUTPUT.value)  # never a half-written list
     print(
         f"listed {int(listed.sum())} of {len(ids)} images above {_THRESHOLD.value} degrees "
         f"(label set {plan.label_set!r}) in {_OUTPUT.value}"
@@ -87,16 +107,17 @@ def main(argv: list[str] | None = None) -> int:
         dropped = set(ids[listed].tolist())
         data_dir, _ = resolve_dirs(config, workdir)
         with (
-            open(os.path.join(data_dir, "train.csv"), newline="") as src,
-            open(_DROP_TO.value, "w", newline="") as dst,
+            fs.open_file(os.path.join(data_dir, "train.csv")) as src,
+            fs.open_file(_DROP_TO.value + ".tmp", "w") as dst,
         ):
-            reader, writer = csv.reader(src), csv.writer(dst)
+            reader, writer = csv.reader(src), csv.writer(dst, lineterminator="\n")
             writer.writerow(next(reader))
             kept = 0
             for row in reader:
                 if row and row[0] not in dropped:
                     writer.writerow(row)
                     kept += 1
+        fs.replace(_DROP_TO.value + ".tmp", _DROP_TO.value)
         print(f"wrote {kept} rows to {_DROP_TO.value}")
     return 0
 

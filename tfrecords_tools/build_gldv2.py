@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm import tqdm
 
+from gld_jax.utils import fs
 from tfrecords_tools import sources
 from tfrecords_tools.images import DEFAULT_MAX_PIXELS, EncodeOptions, ImageError, encode_image
 
@@ -124,10 +125,10 @@ def _read_csv(
     `skipped` as 'malformed csv line N'; undecodable UTF-8 becomes U+FFFD (and then
     fails the id check). Raises BuildError if the file or a column is missing.
     """
-    if not sources.exists(path):
+    if not fs.exists(path):
         raise BuildError(f"{path} not found")
-    with sources.open_binary(path) as raw:
-        if sources.is_remote(path):  # GFile lacks the io.RawIOBase methods TextIOWrapper uses
+    with fs.open_file(path, "rb") as raw:
+        if fs.is_remote(path):  # GFile lacks the io.RawIOBase methods TextIOWrapper uses
             raw = io.BytesIO(raw.read())
         text = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
         reader = csv.DictReader(text)
@@ -181,7 +182,7 @@ def read_train(data_dir: str) -> tuple[dict[str, int], list[dict]]:
 def read_clean(data_dir: str, train_labels: dict[str, int]) -> set[str]:
     """Ids listed in train_clean.csv under the same landmark as in train.csv (empty if absent)."""
     path = os.path.join(data_dir, "train_clean.csv")
-    if not sources.exists(path):
+    if not fs.exists(path):
         return set()
     clean = set()
     for row in _read_csv(path, ["landmark_id", "images"], [], "train"):
@@ -197,7 +198,7 @@ def read_clean(data_dir: str, train_labels: dict[str, int]) -> set[str]:
 def read_ids(data_dir: str, split: str) -> tuple[list[str], list[dict]]:
     """Ids of test.csv / index.csv (an absent CSV means an empty split) and bad rows."""
     path = os.path.join(data_dir, f"{split}.csv")
-    if not sources.exists(path):
+    if not fs.exists(path):
         return [], []
     ids: list[str] = []
     skipped: list[dict] = []
@@ -217,7 +218,7 @@ def read_ids(data_dir: str, split: str) -> tuple[list[str], list[dict]]:
 def read_solution(data_dir: str) -> dict[str, int]:
     """Test id -> landmark id from the recognition solution (first landmark; none -> absent)."""
     path = os.path.join(data_dir, SOLUTION_FILE)
-    if not sources.exists(path):
+    if not fs.exists(path):
         return {}
     out = {}
     for row in _read_csv(path, ["id", "landmarks"], [], "test"):
@@ -652,7 +653,7 @@ def build_gldv2(
         raise BuildError(f"jpeg_quality must be in [1, 100], got {jpeg_quality}")
     if max_pixels < 1:
         raise BuildError(f"max_pixels must be >= 1, got {max_pixels}")
-    if not sources.exists(data_dir):
+    if not fs.exists(data_dir):
         raise BuildError(f"data dir {data_dir} does not exist")
 
     train, skipped = read_train(data_dir)

@@ -19,6 +19,8 @@ import re
 import tarfile
 from dataclasses import dataclass
 
+from gld_jax.utils import fs
+
 _ID = re.compile(r"[0-9a-f]{16}")
 _TAR_MEMBER = re.compile(r"(?:^|/)([0-9a-f]{16})\.jpg$")
 
@@ -28,16 +30,11 @@ def valid_id(image_id: str) -> bool:
     return _ID.fullmatch(image_id) is not None
 
 
-def is_remote(path: str) -> bool:
-    return "://" in path
-
-
 def image_path(data_dir: str, split: str, image_id: str) -> str:
     """GLDv2 location of an image: data_dir/split/a/b/c/<id>.jpg (id must be valid)."""
     if not valid_id(image_id):
         raise ValueError(f"not a GLDv2 image id: {image_id!r}")
-    return os.path.join(data_dir, split, image_id[0], image_id[1], image_id[2],
-                        f"{image_id}.jpg")
+    return os.path.join(data_dir, split, image_id[0], image_id[1], image_id[2], f"{image_id}.jpg")
 
 
 @dataclass(frozen=True)
@@ -62,7 +59,7 @@ def list_folder(data_dir: str, split: str) -> Listing:
     locations: dict[str, str | tuple[str, int, int]] = {}
     stray: list[str] = []
     errors: list[tuple[str, str]] = []
-    if is_remote(root):
+    if fs.is_remote(root):
         import tensorflow as tf
 
         if not tf.io.gfile.isdir(root):
@@ -73,8 +70,12 @@ def list_folder(data_dir: str, split: str) -> Listing:
             return Listing({}, [], [])
 
         def onerror(e: OSError) -> None:
-            errors.append((os.path.relpath(e.filename or root, data_dir),
-                           f"unreadable directory: {e.strerror or e}"))
+            errors.append(
+                (
+                    os.path.relpath(e.filename or root, data_dir),
+                    f"unreadable directory: {e.strerror or e}",
+                )
+            )
 
         walk = os.walk(root, onerror=onerror)
     for dirpath, dirnames, filenames in walk:
@@ -106,7 +107,7 @@ def index_tar(path: str) -> Listing:
     stray: list[str] = []
     errors: list[tuple[str, str]] = []
     try:
-        with open_binary(path) as f, tarfile.open(fileobj=f, mode="r:") as tar:
+        with fs.open_file(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
             while True:
                 try:
                     member = tar.next()
@@ -134,30 +135,12 @@ def read_bytes(location: str | tuple[str, int, int]) -> bytes:
       OSError: the file is missing or unreadable; a tar member is cut short.
     """
     if isinstance(location, str):
-        with open_binary(location) as f:
+        with fs.open_file(location, "rb") as f:
             return f.read()
     path, offset, size = location
-    with open_binary(path) as f:
+    with fs.open_file(path, "rb") as f:
         f.seek(offset)
         data = f.read(size)
     if len(data) != size:
         raise OSError(f"tar member cut short ({len(data)} of {size} bytes)")
     return data
-
-
-def exists(path: str) -> bool:
-    """os.path.exists, or tf.io.gfile.exists for gs://... paths."""
-    if is_remote(path):
-        import tensorflow as tf
-
-        return tf.io.gfile.exists(path)
-    return os.path.exists(path)
-
-
-def open_binary(path: str):
-    """A binary file object for reading, local or through tf.io.gfile."""
-    if is_remote(path):
-        import tensorflow as tf
-
-        return tf.io.gfile.GFile(path, "rb")
-    return open(path, "rb")

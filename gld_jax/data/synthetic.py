@@ -31,7 +31,6 @@ import io
 import json
 import math
 import os
-import shutil
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -39,6 +38,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
+
+from gld_jax.utils import fs
 
 FORMAT_VERSION = 1
 SUCCESS_FILE = "_SUCCESS.json"
@@ -403,7 +404,7 @@ def _plan(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write_csv(path: str, header: list[str], rows: list[list[Any]]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    with fs.open_file(path, "w") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(header)
         writer.writerows(rows)
@@ -417,9 +418,8 @@ def _params_dict(**params: Any) -> dict[str, Any]:
 def _check_existing(output_dir: str, params: dict[str, Any]) -> dict[str, Any] | None:
     """Summary of an identical finished run in `output_dir`, None to (re)generate; else error."""
     marker = os.path.join(output_dir, SUCCESS_FILE)
-    if os.path.exists(marker):
-        with open(marker, encoding="utf-8") as f:
-            done = json.load(f)
+    if fs.exists(marker):
+        done = json.loads(fs.read_text(marker))
         if done.get("params") != params:
             changed = sorted(
                 k
@@ -431,10 +431,10 @@ def _check_existing(output_dir: str, params: dict[str, Any]) -> dict[str, Any] |
                 f"parameters (differ: {', '.join(changed)}); use a new --output_dir"
             )
         return done["summary"]
-    if os.path.exists(os.path.join(output_dir, IN_PROGRESS_FILE)):
+    if fs.exists(os.path.join(output_dir, IN_PROGRESS_FILE)):
         for split in ("train", "test", "index"):  # leftovers of an interrupted run
-            shutil.rmtree(os.path.join(output_dir, split), ignore_errors=True)
-    elif os.path.exists(os.path.join(output_dir, "train.csv")):
+            fs.rmtree(os.path.join(output_dir, split))
+    elif fs.exists(os.path.join(output_dir, "train.csv")):
         raise ValueError(
             f"{output_dir} holds a train.csv that this generator did not write; "
             "refusing to overwrite it"
@@ -510,12 +510,11 @@ def generate_gldv2_like(
         nonlandmark_scenes=nonlandmark_scenes,
         format_version=FORMAT_VERSION,
     )
-    os.makedirs(output_dir, exist_ok=True)
+    fs.makedirs(output_dir)
     existing = _check_existing(output_dir, params)
     if existing is not None:
         return existing
-    with open(os.path.join(output_dir, IN_PROGRESS_FILE), "w", encoding="utf-8") as f:
-        f.write("generation in progress\n")
+    fs.write_text(os.path.join(output_dir, IN_PROGRESS_FILE), "generation in progress\n")
 
     plan = _plan(params)
     lm_ids = plan["landmark_ids"]
@@ -561,15 +560,17 @@ def generate_gldv2_like(
         path = os.path.join(output_dir, image_relpath(split, image_id))
         parent = os.path.dirname(path)
         if parent not in made_dirs:
-            os.makedirs(parent, exist_ok=True)
+            fs.makedirs(parent)
             made_dirs.add(parent)
-        with open(path, "wb") as f:
+        with fs.open_file(path, "wb") as f:
             f.write(_jpeg_bytes(image))
 
     summary = _write_csvs(output_dir, plan)
-    with open(os.path.join(output_dir, SUCCESS_FILE), "w", encoding="utf-8") as f:
-        json.dump({"params": params, "summary": summary}, f, indent=2, sort_keys=True)
-    os.remove(os.path.join(output_dir, IN_PROGRESS_FILE))
+    fs.write_text(
+        os.path.join(output_dir, SUCCESS_FILE),
+        json.dumps({"params": params, "summary": summary}, indent=2, sort_keys=True),
+    )
+    fs.remove(os.path.join(output_dir, IN_PROGRESS_FILE))
     return summary
 
 

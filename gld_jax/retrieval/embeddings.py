@@ -8,7 +8,6 @@ id or -1 where there is none. A folder of shards loads as their concatenation.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import os
 
@@ -36,17 +35,12 @@ def save_embeddings(path: str, emb: EmbeddingSet, *, dtype=np.float32) -> None:
     """Writes atomically (temp file + rename) so a crash leaves no half file.
     `path` may be local or remote (gs://...)."""
     fs.makedirs(fs.parent(path))
-    tmp = path + ".tmp.npz"
-    buf = io.BytesIO()  # zip writing seeks back; remote files only stream forward
-    np.savez(
-        buf,
+    fs.save_npz(
+        path,
         ids=np.asarray(emb.ids, dtype=str),
         embeddings=np.asarray(emb.embeddings, dtype=dtype),
         labels=np.asarray(emb.labels, dtype=np.int64),
     )
-    with fs.open_file(tmp, "wb") as f:
-        f.write(buf.getvalue())
-    fs.replace(tmp, path)
 
 
 SHARD_SET = "shards.json"  # {"num_shards": P}: the folder is one set of P per-process shards
@@ -75,9 +69,7 @@ def declare_shard_set(directory: str, num_shards: int) -> None:
                 "remove the folder to re-embed"
             )
         return
-    with fs.open_file(meta + ".tmp", "w") as f:
-        json.dump({"num_shards": num_shards}, f)
-    fs.replace(meta + ".tmp", meta)
+    fs.write_atomic(meta, json.dumps({"num_shards": num_shards}))
 
 
 def _shard_files(directory: str) -> list[str]:
@@ -113,13 +105,11 @@ def load_embeddings(path: str) -> EmbeddingSet:
         raise FileNotFoundError(f"no embedding file at {path!r}")
     parts = []
     for f in files:
-        with fs.open_file(f, "rb") as raw:  # read whole: np.load seeks, GCS files are slow to
-            data = io.BytesIO(raw.read())
-        with np.load(data, allow_pickle=False) as z:
-            missing = {"ids", "embeddings", "labels"} - set(z.files)
-            if missing:
-                raise ValueError(f"{f}: not an embedding set (missing {sorted(missing)})")
-            parts.append(EmbeddingSet(z["ids"], z["embeddings"], z["labels"]))
+        z = fs.load_npz(f)
+        missing = {"ids", "embeddings", "labels"} - set(z)
+        if missing:
+            raise ValueError(f"{f}: not an embedding set (missing {sorted(missing)})")
+        parts.append(EmbeddingSet(z["ids"], z["embeddings"], z["labels"]))
     return EmbeddingSet(
         np.concatenate([p.ids for p in parts]),
         np.concatenate([p.embeddings for p in parts]),

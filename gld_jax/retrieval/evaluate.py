@@ -35,6 +35,7 @@ from gld_jax.retrieval.index import NeighborIndex, build_scann_index, load_index
 from gld_jax.retrieval.predict import predict_knn_vote, predict_top1
 from gld_jax.retrieval.rerank import nonlandmark_similarity, predict_nonlandmark_rerank
 from gld_jax.retrieval.submission import write_submission
+from gld_jax.utils import fs
 
 __all__ = ["Evaluation", "evaluate_retrieval", "load_ensemble", "main"]
 
@@ -72,7 +73,7 @@ def load_ensemble(
 
 
 def _save_rows(directory: str, emb: EmbeddingSet) -> None:
-    np.savez(os.path.join(directory, _ROWS), ids=emb.ids.astype(str), labels=emb.labels)
+    fs.save_npz(os.path.join(directory, _ROWS), ids=emb.ids.astype(str), labels=emb.labels)
 
 
 def evaluate_retrieval(
@@ -238,6 +239,12 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError("--num_neighbors and --nonlandmark_neighbors must be >= 1")
     if args.report and not args.tfrecord_dir:
         raise ValueError("--report needs --tfrecord_dir (the images come from the TFRecords)")
+    path_flags = ("index", "queries", "nonlandmark", "solution", "output", "report")
+    for flag in (*path_flags, "tfrecord_dir", "save_index", "load_index"):
+        value = getattr(args, flag) or []
+        for path in value if isinstance(value, list) else [value]:
+            if problem := fs.unsupported_scheme(path, f"--{flag}"):
+                raise ValueError(problem)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -257,14 +264,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         index = None
         if args.load_index:
             means_path = os.path.join(args.load_index, _MEANS)
-            if args.center != os.path.exists(means_path):
+            if args.center != fs.exists(means_path):
                 how = "without" if args.center else "with"
                 raise ValueError(
                     f"{args.load_index} was saved {how} --center; search it {how} --center too"
                 )
             if args.center:
-                with np.load(means_path, allow_pickle=False) as z:
-                    means = [z[f"m{i}"] for i in range(len(z.files))]
+                z = fs.load_npz(means_path)
+                means = [z[f"m{i}"] for i in range(len(z))]
         else:
             index_sets = [load_embeddings(p) for p in args.index]
             if args.center:
@@ -292,8 +299,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             searcher = load_index(
                 args.load_index, leaves_to_search=args.leaves_to_search, reorder=args.reorder
             )
-            with np.load(os.path.join(args.load_index, _ROWS), allow_pickle=False) as z:
-                ids, labels = z["ids"], z["labels"]
+            z = fs.load_npz(os.path.join(args.load_index, _ROWS))
+            ids, labels = z["ids"], z["labels"]
         else:
             labelled = index.select(index.labels >= 0)
             if len(labelled) == 0:
@@ -311,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 searcher.save(args.save_index)
                 _save_rows(args.save_index, labelled)
                 if means is not None:
-                    np.savez(
+                    fs.save_npz(
                         os.path.join(args.save_index, _MEANS),
                         **{f"m{i}": m for i, m in enumerate(means)},
                     )

@@ -12,12 +12,16 @@ ScaNN pulls in TensorFlow, so it is imported only when a tree index is built.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
+import tempfile
 from typing import Any
 
 import numpy as np
+
+from gld_jax.utils import fs
 
 __all__ = [
     "NeighborIndex",
@@ -190,15 +194,24 @@ class NeighborIndex:
         and, for a tree, ScaNN's serialized assets in ``scann/``); read it back
         with :func:`load_index`. The metadata file is written last, so a
         directory without it is an unfinished save."""
-        os.makedirs(directory, exist_ok=True)
+        fs.makedirs(directory)
         meta_path = os.path.join(directory, _META)
-        if os.path.exists(meta_path):
-            os.remove(meta_path)
-        np.save(os.path.join(directory, _EMBEDDINGS), self._embeddings)
+        fs.remove(meta_path)
+        buf = io.BytesIO()
+        np.save(buf, self._embeddings)
+        with fs.open_file(os.path.join(directory, _EMBEDDINGS), "wb") as f:
+            f.write(buf.getvalue())
         if self._searcher is not None:
             scann_dir = os.path.join(directory, _SCANN_DIR)
-            os.makedirs(scann_dir, exist_ok=True)
-            self._searcher.serialize(scann_dir)
+            # Relative asset paths: the folder can be moved or copied and still load.
+            if fs.is_remote(scann_dir):  # ScaNN serialises to a local folder only
+                with tempfile.TemporaryDirectory(prefix="gldjax-scann-") as local:
+                    self._searcher.serialize(local, relative_path=True)
+                    fs.rmtree(scann_dir)
+                    fs.copy_tree(local, scann_dir)
+            else:
+                os.makedirs(scann_dir, exist_ok=True)
+                self._searcher.serialize(scann_dir, relative_path=True)
         meta = {
             "kind": self.kind,
             "size": self.size,
@@ -207,9 +220,7 @@ class NeighborIndex:
             "leaves_to_search": self.leaves_to_search,
             "reorder": self.reorder,
         }
-        with open(meta_path + ".tmp", "w") as f:
-            json.dump(meta, f, indent=1)
-        os.replace(meta_path + ".tmp", meta_path)
+        fs.write_atomic(meta_path, json.dumps(meta, indent=1))
 
     def search(
         self, queries: np.ndarray, k: int | None = None, batch_size: int = 4096
@@ -354,18 +365,24 @@ def load_index(
       ValueError: the stored embeddings do not match the metadata.
     """
     meta_path = os.path.join(directory, _META)
-    if not os.path.exists(meta_path):
+    if not fs.exists(meta_path):
         raise FileNotFoundError(f"no saved index in {directory!r} (missing {_META})")
-    with open(meta_path) as f:
-        meta = json.load(f)
-    emb = np.load(os.path.join(directory, _EMBEDDINGS), allow_pickle=False)
+    meta = json.loads(fs.read_text(meta_path))
+    with fs.open_file(os.path.join(directory, _EMBEDDINGS), "rb") as f:
+        emb = np.load(io.BytesIO(f.read()), allow_pickle=False)
     if emb.shape != (meta["size"], meta["dim"]):
         raise ValueError(f"{directory}: embeddings {emb.shape} do not match the metadata")
     searcher = None
     if meta["kind"] == "tree_ah":
         import scann  # lazy: pulls in TensorFlow
 
-        searcher = scann.scann_ops_pybind.load_searcher(os.path.join(directory, _SCANN_DIR))
+        scann_dir = os.path.join(directory, _SCANN_DIR)
+        if fs.is_remote(scann_dir):  # ScaNN reads a local folder only
+            with tempfile.TemporaryDirectory(prefix="gldjax-scann-") as local:
+                fs.copy_tree(scann_dir, local)
+                searcher = scann.scann_ops_pybind.load_searcher(local)
+        else:
+            searcher = scann.scann_ops_pybind.load_searcher(scann_dir)
     return NeighborIndex(
         emb,
         num_neighbors=meta["num_neighbors"],

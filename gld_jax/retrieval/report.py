@@ -12,7 +12,6 @@ are drawn with Pillow, so the report needs nothing beyond the runtime set.
 
 from __future__ import annotations
 
-import glob
 import html
 import io
 import os
@@ -20,6 +19,8 @@ from collections.abc import Collection, Mapping
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from gld_jax.utils import fs
 
 __all__ = ["read_images", "write_report"]
 
@@ -39,7 +40,7 @@ def read_images(tfrecord_dir: str, ids: Collection[str]) -> dict[str, bytes]:
 
     wanted = set(ids)
     found: dict[str, bytes] = {}
-    files = sorted(glob.glob(os.path.join(tfrecord_dir, "*.tfrecord")))
+    files = fs.glob(os.path.join(tfrecord_dir, "*.tfrecord"))
     spec = {k: features.FEATURE_SPEC[k] for k in (features.ID, features.ENCODED)}
     for record in tf.data.TFRecordDataset(files).as_numpy_iterator():
         ex = tf.io.parse_single_example(record, spec)
@@ -56,8 +57,13 @@ def _thumbnail(jpeg: bytes | None, path: str) -> bool:
         return False
     img = Image.open(io.BytesIO(jpeg)).convert("RGB")
     img.thumbnail((_THUMB, _THUMB))
-    img.save(path, quality=90)
+    _save_image(img, path, "JPEG", quality=90)
     return True
+
+
+def _save_image(img: Image.Image, path: str, fmt: str, **options) -> None:
+    with fs.open_file(path, "wb") as f:  # PIL writes to the file object: gs:// too
+        img.save(f, format=fmt, **options)
 
 
 def _draw(img: Image.Image) -> ImageDraw.ImageDraw:
@@ -91,7 +97,7 @@ def _precision_chart(correct_by_rank: np.ndarray, path: str, width=640, height=3
             d.text((box[0] - 30, y - 6), f"{frac:.1f}", fill=(0, 0, 0))
         d.text((box[2] - 30, box[3] + 6), str(n), fill=(0, 0, 0))
         d.text((box[0], box[3] + 6), "1", fill=(0, 0, 0))
-    img.save(path)
+    _save_image(img, path, "PNG")
 
 
 def _histogram_chart(
@@ -128,7 +134,7 @@ def _histogram_chart(
     d.text((box[0], box[3] + 6), f"{lo:.2f}", fill=(0, 0, 0))
     d.text((box[2] - 30, box[3] + 6), f"{hi:.2f}", fill=(0, 0, 0))
     d.text((box[0] - 40, box[1] - 6), str(top), fill=(0, 0, 0))
-    img.save(path)
+    _save_image(img, path, "PNG")
 
 
 def _pick_grid(order: np.ndarray, count: int) -> np.ndarray:
@@ -161,7 +167,7 @@ def write_report(
     """
     from gld_jax.retrieval.evaluate import gap_scores
 
-    os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
+    fs.makedirs(os.path.join(out_dir, "images"))
     qids = ev.query_ids.tolist()
     if solution_path:
         from gld_jax.metrics import read_solution
@@ -258,6 +264,5 @@ framed green when its landmark is one of the query's, red otherwise.</p>
 </body></html>
 """
     path = os.path.join(out_dir, "index.html")
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(page)
+    fs.write_text(path, page)  # last: the page appears once its images are there
     return path
