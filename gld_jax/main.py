@@ -78,9 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     workdir = _WORKDIR.value or _default_workdir(config_path)
     from gld_jax.utils.fs import unsupported_scheme
 
+    path_keys = ("data_dir", "tfrecord_dir", "checkpoint_dir")
     problem = unsupported_scheme(workdir, "--workdir") or next(
-        filter(None, (unsupported_scheme(config[k], k) for k in ("data_dir", "tfrecord_dir"))),
-        None,
+        filter(None, (unsupported_scheme(config[k], k) for k in path_keys)), None
     )
     if problem:  # before anything is written: never a folder named 'file:' in the cwd
         print(f"error: {problem}", file=sys.stderr)
@@ -95,6 +95,12 @@ def main(argv: list[str] | None = None) -> int:
             as_json=_JSON.value,
             compile=_COMPILE.value,
         )
+    from gld_jax.data.prepare import path_problem
+
+    problem = path_problem(config, workdir)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     maybe_initialize_distributed(config.distributed)
     _enable_compilation_cache(workdir)
     try:
@@ -112,6 +118,14 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_PREEMPTED
     except (FileNotFoundError, NotADirectoryError, PermissionError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as e:
+        tf = sys.modules.get("tensorflow")
+        if tf is None or not isinstance(e, tf.errors.OpError):
+            raise
+        # A path that went away or lost permission mid-run (a deleted object, an
+        # expired grant): TF's own message names it.
+        print(f"error: {e.message.strip().splitlines()[0]}", file=sys.stderr)
         return EXIT_USAGE
     print(json.dumps(summary))
     return 0

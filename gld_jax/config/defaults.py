@@ -65,6 +65,9 @@ def base_config() -> ml_collections.ConfigDict:
     # `synthetic.enabled` the synthetic GLDv2-like set is generated there first.
     c.data_dir = ""  # empty: <workdir>/data
     c.tfrecord_dir = ""  # empty: <workdir>/tfrecords
+    # Orbax checkpoints; elsewhere than the workdir for, e.g., a bucket with its
+    # own retention or a faster region.
+    c.checkpoint_dir = ""  # empty: <workdir>/checkpoints
     c.synthetic = ml_collections.ConfigDict(
         dict(
             enabled=False,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 
-import tensorflow as tf
+from gld_jax.utils import fs
 
 log = logging.getLogger(__name__)
 
@@ -21,10 +21,26 @@ def resolve_dirs(config, workdir: str) -> tuple[str, str]:
     return data_dir, tfrecord_dir
 
 
+def path_problem(config, workdir: str) -> str | None:
+    """One line naming the first configured path a run cannot use (missing,
+    not a folder, not writable), before anything runs; None when all are fine."""
+    data_dir, tfrecord_dir = resolve_dirs(config, workdir)
+    converted = fs.exists(os.path.join(tfrecord_dir, "manifest.json"))
+    checks = [fs.writable_problem(workdir, "--workdir")]
+    checks.append(fs.writable_problem(config.checkpoint_dir, "checkpoint_dir"))
+    if not converted:
+        checks.append(fs.writable_problem(tfrecord_dir, "tfrecord_dir"))
+        if config.synthetic.enabled:
+            checks.append(fs.writable_problem(data_dir, "data_dir"))
+        else:
+            checks.append(fs.readable_dir_problem(data_dir, "data_dir"))
+    return next(filter(None, checks), None)
+
+
 def prepare_data(config, workdir: str, *, is_main: bool = True) -> str:
     """Generates (if synthetic) and converts (if no manifest yet); returns the TFRecord dir."""
     data_dir, tfrecord_dir = resolve_dirs(config, workdir)
-    if tf.io.gfile.exists(os.path.join(tfrecord_dir, "manifest.json")):
+    if fs.exists(os.path.join(tfrecord_dir, "manifest.json")):
         return tfrecord_dir
     if not is_main:
         raise FileNotFoundError(

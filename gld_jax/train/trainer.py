@@ -154,7 +154,8 @@ def train(
     with contextlib.ExitStack() as cleanup:
         writer = SummaryWriter(os.path.join(workdir, "tensorboard"), enabled=is_main)
         cleanup.callback(writer.close)
-        ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
+        ckpt_dir = config.checkpoint_dir or os.path.join(workdir, "checkpoints")
+        ckpt = Checkpointer(ckpt_dir, keep=config.keep_checkpoints)
         cleanup.callback(ckpt.close)  # waits for a pending async save, also on errors
         preemption = PreemptionWatcher()
         cleanup.callback(preemption.close)
