@@ -95,18 +95,18 @@ def main(argv: list[str] | None = None) -> int:
             as_json=_JSON.value,
             compile=_COMPILE.value,
         )
-    from gld_jax.data.prepare import path_problem
-
-    problem = path_problem(config, workdir)
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return EXIT_USAGE
     maybe_initialize_distributed(config.distributed)
     _enable_compilation_cache(workdir)
     try:
         validate_config(config, num_devices=jax.device_count(), process_count=jax.process_count())
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    from gld_jax.data.prepare import path_problem
+
+    problem = path_problem(config, workdir)  # after the config: a bad one writes nothing
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return EXIT_USAGE
     try:
         summary = run(config, workdir, mode=_MODE.value, stop_after_steps=_STOP_AFTER.value)
