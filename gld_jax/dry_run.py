@@ -39,6 +39,8 @@ import os
 import jax
 import jax.numpy as jnp
 
+from gld_jax.utils import fs
+
 GIB = 2**30
 USABLE_FRACTION = 0.9  # of device memory, leaving room for XLA's scratch buffers
 # XLA's working set of a train step over its residuals: the compiled backward of
@@ -129,12 +131,7 @@ def dataset_counts(config, workdir: str) -> tuple[dict, dict, str]:
 
 
 def _manifest_exists(tfrecord_dir: str) -> bool:
-    path = os.path.join(tfrecord_dir, "manifest.json")
-    if "://" not in path:
-        return os.path.exists(path)
-    import tensorflow as tf  # gs:// manifests: only TF's gfile reads them
-
-    return bool(tf.io.gfile.exists(path))
+    return fs.exists(os.path.join(tfrecord_dir, "manifest.json"))
 
 
 # --------------------------------------------------------------------------- model costs

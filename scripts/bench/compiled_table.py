@@ -22,13 +22,16 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+
+from gld_jax.utils import fs  # noqa: E402
 
 
 def run_one(config: str, out_dir: str, overrides: list[str]) -> dict:
     name = os.path.splitext(os.path.basename(config))[0]
     path = os.path.join(out_dir, f"{name}.json")
-    if os.path.exists(path):
-        with open(path) as f:
+    if fs.exists(path):
+        with fs.open_file(path) as f:
             return json.load(f)
     cmd = [sys.executable, "-m", "gld_jax.main", "--config", config, "--dry_run", "--compile"]
     cmd += ["--json", *overrides]
@@ -39,9 +42,9 @@ def run_one(config: str, out_dir: str, overrides: list[str]) -> dict:
         sys.exit(f"{config}: {res.stderr.strip().splitlines()[-1] if res.stderr else 'no output'}")
     report = json.loads(res.stdout)
     report["wall_seconds"] = time.perf_counter() - t0
-    with open(path + ".tmp", "w") as f:
+    with fs.open_file(path + ".tmp", "w") as f:
         json.dump(report, f)
-    os.replace(path + ".tmp", path)
+    fs.replace(path + ".tmp", path)
     print(f"{config}: {report['wall_seconds']:.0f} s", file=sys.stderr, flush=True)
     return report
 
@@ -92,7 +95,8 @@ def main() -> None:
     parser.add_argument("configs", nargs="+")
     parser.add_argument("--out", default="/tmp/gldjax-compiled")
     args, overrides = parser.parse_known_args()
-    os.makedirs(args.out, exist_ok=True)
+    overrides = [o for o in overrides if o != "--"]  # `... -- --config.x=1` as documented
+    fs.makedirs(args.out)
     reports = [run_one(c, args.out, overrides) for c in args.configs]
     print(table(reports, [estimate(c, overrides) for c in args.configs]))
     fits = all(r["fits"] for r in reports)
