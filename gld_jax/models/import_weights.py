@@ -33,6 +33,7 @@ from gld_jax.models.keras_import import load_keras_weight_dict
 from gld_jax.models.registry import backbone_names, create_backbone
 from gld_jax.models.timm_import import load_timm_state_dict
 from gld_jax.models.weight_files import WeightFileError, read_weight_file
+from gld_jax.utils import fs
 
 META_FILE = "import.json"
 STATE_DIR = "backbone"
@@ -56,37 +57,42 @@ def load_source_into(module: nnx.Module, path: str) -> dict:
         skipped = load_timm_state_dict(module, weights)
     else:
         if not isinstance(module, EfficientNet):
-            raise ValueError(f"{path}: Keras files hold EfficientNets; "
-                             f"{type(module).__name__} needs a timm state dict")
+            raise ValueError(
+                f"{path}: Keras files hold EfficientNets; "
+                f"{type(module).__name__} needs a timm state dict"
+            )
         skipped = sorted(k for k in weights if k.split("/")[0].startswith(_KERAS_NON_BACKBONE))
         load_keras_weight_dict(module, {k: v for k, v in weights.items() if k not in skipped})
     return {"format": kind, "source_tensors": len(weights), "skipped": skipped}
+
+
+def _absolute(path: str) -> str:
+    """Orbax wants absolute local paths; URLs stay as they are."""
+    return path if fs.is_remote(path) else os.path.abspath(path)
 
 
 def save_backbone_checkpoint(module: nnx.Module, output: str, meta: dict) -> str:
     """Write ``module``'s params and BN statistics as an Orbax checkpoint under ``output``."""
     import orbax.checkpoint as ocp
 
-    output = os.path.abspath(output)
-    os.makedirs(output, exist_ok=True)
+    output = _absolute(output)
+    fs.makedirs(output)
     tree = {
         "params": {k: np.asarray(v[...]) for k, v in _flat(module, nnx.Param).items()},
         "batch_stats": {k: np.asarray(v[...]) for k, v in _flat(module, nnx.BatchStat).items()},
     }
     with ocp.StandardCheckpointer() as ckpt:
         ckpt.save(os.path.join(output, STATE_DIR), tree, force=True)
-    with open(os.path.join(output, META_FILE), "w") as f:
-        json.dump(meta, f, indent=1)
+    fs.write_text(os.path.join(output, META_FILE), json.dumps(meta, indent=1))
     return output
 
 
 def read_backbone_meta(path: str) -> dict:
     """The ``import.json`` of a checkpoint written by this module."""
     meta_path = os.path.join(path, META_FILE)
-    if not os.path.isfile(meta_path):
+    if not fs.exists(meta_path):
         raise ValueError(f"{path}: not an imported backbone checkpoint (no {META_FILE})")
-    with open(meta_path) as f:
-        return json.load(f)
+    return json.loads(fs.read_text(meta_path))
 
 
 def load_backbone_checkpoint(module: nnx.Module, path: str, *, model_name: str) -> dict:
@@ -102,19 +108,23 @@ def load_backbone_checkpoint(module: nnx.Module, path: str, *, model_name: str) 
     if meta.get("model") != model_name:
         raise ValueError(f"{path} holds {meta.get('model')!r} weights, not {model_name!r}")
     with ocp.StandardCheckpointer() as ckpt:
-        saved = ckpt.restore(os.path.join(os.path.abspath(path), STATE_DIR))
+        saved = ckpt.restore(os.path.join(_absolute(path), STATE_DIR))
     problems, updates = [], []
     for group, kind in (("params", nnx.Param), ("batch_stats", nnx.BatchStat)):
         ours, theirs = _flat(module, kind), dict(saved.get(group, {}))
         missing = sorted(set(ours) - set(theirs))
         unexpected = sorted(set(theirs) - set(ours))
-        shapes = [f"{k}: checkpoint {tuple(np.shape(theirs[k]))}, model {ours[k].shape}"
-                  for k in sorted(set(ours) & set(theirs))
-                  if tuple(np.shape(theirs[k])) != tuple(ours[k].shape)]
+        shapes = [
+            f"{k}: checkpoint {tuple(np.shape(theirs[k]))}, model {ours[k].shape}"
+            for k in sorted(set(ours) & set(theirs))
+            if tuple(np.shape(theirs[k])) != tuple(ours[k].shape)
+        ]
         if missing or unexpected or shapes:
-            problems.append(f"  {group}: missing ({len(missing)}): {missing}\n"
-                            f"  {group}: unexpected ({len(unexpected)}): {unexpected}\n"
-                            f"  {group}: shape mismatches ({len(shapes)}): {shapes}")
+            problems.append(
+                f"  {group}: missing ({len(missing)}): {missing}\n"
+                f"  {group}: unexpected ({len(unexpected)}): {unexpected}\n"
+                f"  {group}: shape mismatches ({len(shapes)}): {shapes}"
+            )
         updates += [(ours[k], theirs[k]) for k in ours if k in theirs]
     if problems:
         raise ValueError(f"checkpoint {path} does not fit {model_name}:\n" + "\n".join(problems))
@@ -130,18 +140,25 @@ def import_weights(model_name: str, source: str, output: str) -> dict:
     module, feature_dim = create_backbone(model_name, rngs=nnx.Rngs(0))
     report = load_source_into(module, source)
     n_params = sum(int(np.prod(v.shape)) for v in _flat(module, nnx.Param).values())
-    meta = {"model": model_name, "source": os.path.abspath(source), "params": n_params,
-            "feature_dim": feature_dim, **report}
+    meta = {
+        "model": model_name,
+        "source": _absolute(source),
+        "params": n_params,
+        "feature_dim": feature_dim,
+        **report,
+    }
     save_backbone_checkpoint(module, output, meta)
     return meta
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m gld_jax.models.import_weights", description=__doc__.split("\n\n")[0])
+        prog="python -m gld_jax.models.import_weights", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--model", required=True, help=f"one of: {', '.join(backbone_names())}")
-    parser.add_argument("--source", required=True,
-                        help=".pth/.pt/.bin/.safetensors (timm) or .h5/.keras (Keras)")
+    parser.add_argument(
+        "--source", required=True, help=".pth/.pt/.bin/.safetensors (timm) or .h5/.keras (Keras)"
+    )
     parser.add_argument("--output", required=True, help="folder for the Orbax checkpoint")
     args = parser.parse_args(argv)
     try:
@@ -151,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     summary = {k: meta[k] for k in ("model", "params", "feature_dim", "format")}
     summary["skipped"] = len(meta["skipped"])
-    summary["output"] = os.path.abspath(args.output)
+    summary["output"] = _absolute(args.output)
     print(json.dumps(summary))
     return 0
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import collections
 import io
 import json
-import os
 import pickle
 import re
 import struct
@@ -26,16 +25,31 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from gld_jax.utils import fs
+
 _SAFETENSORS_DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": ml_dtypes.bfloat16,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U8": np.uint8,
     "BOOL": np.bool_,
 }
 
 _TORCH_STORAGES = {
-    "DoubleStorage": np.float64, "FloatStorage": np.float32, "HalfStorage": np.float16,
-    "BFloat16Storage": ml_dtypes.bfloat16, "LongStorage": np.int64, "IntStorage": np.int32,
-    "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8,
+    "DoubleStorage": np.float64,
+    "FloatStorage": np.float32,
+    "HalfStorage": np.float16,
+    "BFloat16Storage": ml_dtypes.bfloat16,
+    "LongStorage": np.int64,
+    "IntStorage": np.int32,
+    "ShortStorage": np.int16,
+    "CharStorage": np.int8,
+    "ByteStorage": np.uint8,
     "BoolStorage": np.bool_,
 }
 
@@ -44,10 +58,16 @@ class WeightFileError(ValueError):
     """A weight file that cannot be read; the message names the file and the reason."""
 
 
+def _read(path: str) -> bytes:
+    """The whole file (local or gs://): the zip and HDF5 readers seek, and a B7's
+    weights are a few hundred MB."""
+    with fs.open_file(path, "rb") as f:
+        return f.read()
+
+
 def read_safetensors(path: str) -> dict[str, np.ndarray]:
     """All tensors of a .safetensors file, in their stored dtypes and shapes."""
-    with open(path, "rb") as f:
-        raw = f.read()
+    raw = _read(path)
     if len(raw) < 8:
         raise WeightFileError(f"{path}: too short for a safetensors file")
     (n,) = struct.unpack("<Q", raw[:8])
@@ -122,12 +142,13 @@ class _TorchUnpickler(pickle.Unpickler):
 
 def read_torch_checkpoint(path: str) -> Any:
     """The unpickled object of a ``torch.save`` zip file, tensors as numpy arrays."""
-    if not zipfile.is_zipfile(path):
+    data = io.BytesIO(_read(path))
+    if not zipfile.is_zipfile(data):
         raise WeightFileError(
             f"{path}: not a torch.save zip file (legacy pre-1.6 pickles are not read; "
             "re-save with a recent torch or convert to .safetensors)"
         )
-    with zipfile.ZipFile(path) as archive:
+    with zipfile.ZipFile(data) as archive:
         pkls = [n for n in archive.namelist() if n.endswith("/data.pkl")]
         if len(pkls) != 1:
             raise WeightFileError(f"{path}: expected one */data.pkl in the archive, got {pkls}")
@@ -231,12 +252,13 @@ def read_keras_weights(path: str) -> dict[str, np.ndarray]:
     """
     import h5py  # only the Keras path needs it
 
+    data = io.BytesIO(_read(path))
     if path.endswith(".keras"):
-        with zipfile.ZipFile(path) as z:
+        with zipfile.ZipFile(data) as z:
             config = json.loads(z.read("config.json"))
             with h5py.File(io.BytesIO(z.read("model.weights.h5")), "r") as f:
                 return _h5_keras3(f, _keras3_layer_keys(config), path)
-    with h5py.File(path, "r") as f:
+    with h5py.File(data, "r") as f:
         group = f["model_weights"] if "model_weights" in f else f
         if "layer_names" not in group.attrs:
             raise WeightFileError(
@@ -248,7 +270,7 @@ def read_keras_weights(path: str) -> dict[str, np.ndarray]:
 
 def read_weight_file(path: str) -> tuple[str, dict[str, np.ndarray]]:
     """('torch' | 'keras', weights) for a file, picked by its extension."""
-    if not os.path.isfile(path):
+    if not fs.exists(path) or fs.isdir(path):
         raise WeightFileError(f"{path}: no such file")
     if path.endswith((".pth", ".pt", ".bin", ".safetensors")):
         return "torch", read_torch_state_dict(path)

@@ -13,6 +13,8 @@ import os
 import numpy as np
 from PIL import Image
 
+from gld_jax.utils import fs  # the importing script puts the repository on sys.path
+
 
 def photo_jpeg(rng: np.random.Generator, width: int, height: int, quality: int = 90) -> bytes:
     """JPEG bytes of one photo-like RGB image of width x height pixels."""
@@ -24,8 +26,9 @@ def photo_jpeg(rng: np.random.Generator, width: int, height: int, quality: int =
     return buf.getvalue()
 
 
-def write_gldv2_folder(root: str, num_images: int, width: int, height: int,
-                       num_classes: int = 50, seed: int = 0) -> list[str]:
+def write_gldv2_folder(
+    root: str, num_images: int, width: int, height: int, num_classes: int = 50, seed: int = 0
+) -> list[str]:
     """A GLDv2-layout folder (train/a/b/c/<id>.jpg + train.csv); returns the ids.
 
     Reuses an existing folder with the same parameters (a marker file records them).
@@ -33,17 +36,16 @@ def write_gldv2_folder(root: str, num_images: int, width: int, height: int,
     marker = os.path.join(root, f"_done_{num_images}_{width}x{height}_{num_classes}_{seed}")
     rng = np.random.default_rng(seed)
     ids = [f"{int(v):016x}" for v in rng.integers(0, 2**63, size=num_images)]
-    if os.path.exists(marker):
+    if fs.exists(marker):
         return ids
     rows = ["id,url,landmark_id"]
     for k, image_id in enumerate(ids):
-        path = os.path.join(root, "train", image_id[0], image_id[1], image_id[2],
-                            f"{image_id}.jpg")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "wb") as f:
+        path = os.path.join(root, "train", image_id[0], image_id[1], image_id[2], f"{image_id}.jpg")
+        fs.makedirs(os.path.dirname(path))
+        with fs.open_file(path, "wb") as f:
             f.write(photo_jpeg(rng, width, height))
         rows.append(f"{image_id},http://example.com/{image_id},{k % num_classes}")
-    with open(os.path.join(root, "train.csv"), "w") as f:
+    with fs.open_file(os.path.join(root, "train.csv"), "w") as f:
         f.write("\n".join(rows) + "\n")
-    open(marker, "w").close()
+    fs.open_file(marker, "w").close()
     return ids

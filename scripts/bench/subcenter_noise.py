@@ -66,6 +66,10 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, REPO)
+
+from gld_jax.utils import fs  # noqa: E402
+
 THIS = os.path.abspath(__file__)
 
 # Two stages as in the demo (64 px then 96 px), both on the full label set.
@@ -118,7 +122,7 @@ def get_config(variant_json: str | None = None):
     """ml_collections entry point: `--config scripts/bench/subcenter_noise.py:<variant.json>`."""
     if not variant_json:
         raise ValueError("give the variant: --config scripts/bench/subcenter_noise.py:<json>")
-    with open(variant_json, encoding="utf-8") as f:
+    with fs.open_file(variant_json) as f:
         return build_config(json.load(f))
 
 
@@ -201,7 +205,7 @@ def prepare(variant: dict) -> None:
 
 
 def _run_cli(cmd: list[str], log_path: str) -> str:
-    with open(log_path, "a", encoding="utf-8") as log:
+    with fs.open_file(log_path, "a") as log:
         log.write(f"\n$ {' '.join(cmd)}\n")
         log.flush()
         proc = subprocess.run(
@@ -209,7 +213,7 @@ def _run_cli(cmd: list[str], log_path: str) -> str:
         )
         log.write(proc.stdout)
     if proc.returncode != 0:
-        with open(log_path, encoding="utf-8") as f:
+        with fs.open_file(log_path) as f:
             tail = f.read()[-3000:]
         raise RuntimeError(f"{' '.join(cmd[:4])} ... exited {proc.returncode}; log tail:\n{tail}")
     return proc.stdout
@@ -218,26 +222,26 @@ def _run_cli(cmd: list[str], log_path: str) -> str:
 def run_variant(root: str, name: str, variant: dict) -> tuple[dict, bool]:
     """Trains + embeds + evaluates one variant (resumable); returns (result, reused)."""
     workdir = os.path.join(root, name)
-    os.makedirs(workdir, exist_ok=True)
+    fs.makedirs(workdir)
     # One XLA cache for all variants (gld_jax.main puts it in <workdir>/xla_cache): the
     # variants of one K compile the same programs, so only the first pays for it.
     shared_cache = os.path.abspath(os.path.join(root, "xla_cache"))
-    os.makedirs(shared_cache, exist_ok=True)
+    fs.makedirs(shared_cache)
     if not os.path.lexists(os.path.join(workdir, "xla_cache")):
         os.symlink(shared_cache, os.path.join(workdir, "xla_cache"))
     spec_path = os.path.join(workdir, "variant.json")
     result_path = os.path.join(workdir, "result.json")
-    if os.path.exists(spec_path):
-        with open(spec_path, encoding="utf-8") as f:
+    if fs.exists(spec_path):
+        with fs.open_file(spec_path) as f:
             if json.load(f) != json.loads(json.dumps(variant)):
                 raise SystemExit(
                     f"error: {workdir} was run with other settings; use another --workdir"
                 )
     else:
-        with open(spec_path, "w", encoding="utf-8") as f:
+        with fs.open_file(spec_path, "w") as f:
             json.dump(variant, f, indent=2, sort_keys=True)
-    if os.path.exists(result_path):
-        with open(result_path, encoding="utf-8") as f:
+    if fs.exists(result_path):
+        with fs.open_file(result_path) as f:
             return json.load(f), True
     t0 = time.perf_counter()
     out = _run_cli(
@@ -270,7 +274,7 @@ def run_variant(root: str, name: str, variant: dict) -> tuple[dict, bool]:
         )
     }
     result["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    with open(result_path, "w", encoding="utf-8") as f:
+    with fs.open_file(result_path, "w") as f:
         json.dump(result, f, indent=2, sort_keys=True)
     return result, False
 
@@ -291,7 +295,7 @@ def noise_truth(raw_dir: str) -> dict[str, str]:
     plan (a pure function of the parameters in _SUCCESS.json), checked against train.csv."""
     from gld_jax.data import synthetic
 
-    with open(os.path.join(raw_dir, synthetic.SUCCESS_FILE), encoding="utf-8") as f:
+    with fs.open_file(os.path.join(raw_dir, synthetic.SUCCESS_FILE)) as f:
         params = json.load(f)["params"]
     plan = synthetic._plan(params)
     lm_ids = plan["landmark_ids"]
@@ -301,7 +305,7 @@ def noise_truth(raw_dir: str) -> dict[str, str]:
     ):
         truth[image_id] = "clean" if scene == label else ("nonlandmark" if scene < 0 else "label")
         labels[image_id] = int(lm_ids[label])
-    with open(os.path.join(raw_dir, "train.csv"), newline="", encoding="utf-8") as f:
+    with fs.open_file(os.path.join(raw_dir, "train.csv")) as f:
         on_disk = {row["id"]: int(row["landmark_id"]) for row in csv.DictReader(f)}
     if on_disk != labels:
         raise RuntimeError(f"the generator's plan does not match {raw_dir}/train.csv")
@@ -327,8 +331,8 @@ def drop_and_retrain(args, seed: int, trained: dict) -> tuple[str, dict | None, 
     raw, tfr = os.path.join(base, "raw"), os.path.join(base, "tfrecords")
     listed_csv = os.path.join(base, "dropped.csv")
     cleaned_csv = os.path.join(base, "train_cleaned.csv")
-    if not os.path.exists(cleaned_csv):
-        os.makedirs(base, exist_ok=True)
+    if not fs.exists(cleaned_csv):
+        fs.makedirs(base)
         _run_cli(
             [
                 sys.executable,
@@ -347,11 +351,11 @@ def drop_and_retrain(args, seed: int, trained: dict) -> tuple[str, dict | None, 
             ],
             os.path.join(base, "clean_labels.log"),
         )
-        os.replace(listed_csv + ".tmp", listed_csv)
-        os.replace(cleaned_csv + ".tmp", cleaned_csv)
+        fs.replace(listed_csv + ".tmp", listed_csv)
+        fs.replace(cleaned_csv + ".tmp", cleaned_csv)
     # Drop statistics against the generator's ground truth.
     truth = noise_truth(src_variant["data_dir"])
-    with open(listed_csv, newline="", encoding="utf-8") as f:
+    with fs.open_file(listed_csv) as f:
         listed = [row["id"] for row in csv.DictReader(f)]
     cfg = build_config(src_variant)
     held = heldout_ids(src_variant["data_dir"], cfg.folds, cfg.fold, args.data_seed)
@@ -391,7 +395,7 @@ def drop_and_retrain(args, seed: int, trained: dict) -> tuple[str, dict | None, 
     if kept < min_kept:  # e.g. --quick: an untrained model is far from everything
         stats["retrain_skipped"] = f"only {kept} images kept (< {min_kept})"
         return name, None, stats, False
-    if not os.path.exists(os.path.join(tfr, "manifest.json")):
+    if not fs.exists(os.path.join(tfr, "manifest.json")):
         # The noisy set's images (hard links), with the cleaned train.csv; the dropped
         # images stay on disk and the converter lists them as having no CSV row.
         shutil.rmtree(raw, ignore_errors=True)
@@ -463,13 +467,13 @@ def main(argv: list[str] | None = None) -> int:
     if REPO not in sys.path:
         sys.path.insert(0, REPO)
     t0 = time.perf_counter()
-    os.makedirs(args.workdir, exist_ok=True)
+    fs.makedirs(args.workdir)
 
     # The data sets, once per noise level, seeded by --data_seed whatever the model seed.
     for noisy in (False, True):
         v = base_variant(args, k=3, noisy=noisy, seed=args.data_seed)
         t = time.perf_counter()
-        if not os.path.exists(os.path.join(v["tfrecord_dir"], "manifest.json")):
+        if not fs.exists(os.path.join(v["tfrecord_dir"], "manifest.json")):
             prepare(v)
             _log(
                 f"data noise {noise_pct(args, noisy)}%: generated and converted in "

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import glob
 import gzip
 import json
 import os
@@ -35,16 +34,23 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 from train_step import add_model_args, build_ours  # noqa: E402
 
+from gld_jax.utils import fs  # noqa: E402
+
 # Rules on one stack frame "file:line function"; frames are tried innermost first
 # and the first frame any rule matches names the bucket.
 _FRAME_RULES = [
     ("optimizer (AdamW)", r"^optax/"),
-    ("head + loss",
-     r"^gld_jax/losses/|^gld_jax/train/step\.py:\d+ train_step_fn\.<locals>\.loss_fn"),
+    (
+        "head + loss",
+        r"^gld_jax/losses/|^gld_jax/train/step\.py:\d+ train_step_fn\.<locals>\.loss_fn",
+    ),
     ("GeM", r"^gld_jax/models/pooling\.py"),
     ("neck", r"^gld_jax/models/neck\.py|^flax/nnx/nn/linear\.py"),
-    ("depthwise conv", r"^gld_jax/models/layers\.py:\d+ "
-                       r"(_depthwise|_taps|_conv_shift_depthwise|_dw_|tap_grad)"),
+    (
+        "depthwise conv",
+        r"^gld_jax/models/layers\.py:\d+ "
+        r"(_depthwise|_taps|_conv_shift_depthwise|_dw_|tap_grad)",
+    ),
     ("1x1 / dense conv", r"^gld_jax/models/layers\.py:\d+ (_conv_shift_dense|_conv_lax)"),
     ("drop path", r"DropPath|^flax/nnx/rnglib\.py"),
     ("BatchNorm", r"^flax/nnx/nn/normalization\.py|^gld_jax/models/\w+\.py:\d+ \w*(bn|BatchNorm)"),
@@ -55,8 +61,18 @@ _FRAME_RULES = [
 ]
 # A custom_vjp's backward carries the call site's stack: conv2d's depthwise branch.
 _CALL_SITE_RULES = [("depthwise conv", r"^gld_jax/models/layers\.py:\d+ conv2d")]
-_KIND_ORDER = ("convolution", "dot", "reduce-window", "reduce", "scatter", "gather", "while",
-               "pad", "transpose", "copy")
+_KIND_ORDER = (
+    "convolution",
+    "dot",
+    "reduce-window",
+    "reduce",
+    "scatter",
+    "gather",
+    "while",
+    "pad",
+    "transpose",
+    "copy",
+)
 
 
 def _bucket_of_chain(chain: str) -> str | None:
@@ -89,7 +105,7 @@ def _short_path(path: str) -> str:
     for marker in ("site-packages/", "/gld_jax/", "/scripts/"):
         i = path.rfind(marker)
         if i >= 0:
-            return path[i + len(marker):] if marker == "site-packages/" else path[i + 1:]
+            return path[i + len(marker) :] if marker == "site-packages/" else path[i + 1 :]
     return os.path.basename(path)
 
 
@@ -115,8 +131,10 @@ def _stack_frames(hlo_text: str) -> dict[int, str]:
     locs = {}
     for k, v in tables.get("FileLocations", {}).items():
         f = dict(re.findall(r"(\w+)=(\d+)", v))
-        locs[k] = f"{files.get(int(f['file_name_id']), '?')}:{f['line']} " \
-                  f"{funcs.get(int(f['function_name_id']), '?')}"
+        locs[k] = (
+            f"{files.get(int(f['file_name_id']), '?')}:{f['line']} "
+            f"{funcs.get(int(f['function_name_id']), '?')}"
+        )
     parent, loc = {}, {}
     for k, v in tables.get("StackFrames", {}).items():
         f = dict(re.findall(r"(\w+)=(\d+)", v))
@@ -192,11 +210,11 @@ def _describe(info: dict) -> tuple[str, str, str]:
 def analyse(logdir: str, steps: int, full_step_s: float, top: int, info=None) -> dict:
     """Bucket the thunk times of the trace in ``logdir`` (see the module docstring)."""
     if info is None:
-        with open(os.path.join(logdir, "train_step.hlo.txt")) as f:
+        with fs.open_file(os.path.join(logdir, "train_step.hlo.txt")) as f:
             info = _instruction_info(f.read())
     out = {"full_step_s": full_step_s}
-    path = sorted(glob.glob(os.path.join(logdir, "plugins/profile/*/*.trace.json.gz")))[-1]
-    with gzip.open(path) as f:
+    path = sorted(fs.glob(os.path.join(logdir, "plugins/profile/*/*.trace.json.gz")))[-1]
+    with fs.open_file(path, "rb") as raw, gzip.open(raw) as f:
         events = json.load(f)["traceEvents"]
     per_op = _exclusive_ms(events, steps)
     buckets: dict[tuple[str, str], float] = collections.defaultdict(float)
@@ -215,7 +233,7 @@ def analyse(logdir: str, steps: int, full_step_s: float, top: int, info=None) ->
     rows.sort(reverse=True)
     out["top_ops"] = [
         {"ms": round(ms, 2), "op": op, "bucket": b, "dir": d, "kind": k, "src": s}
-        for ms, op, b, d, k, s in rows[: top]
+        for ms, op, b, d, k, s in rows[:top]
     ]
 
     names = sorted({b for b, _ in buckets})
@@ -229,8 +247,9 @@ def analyse(logdir: str, steps: int, full_step_s: float, top: int, info=None) ->
     print(f"\ntop {top} ops (ms/step):")
     for r in out["top_ops"]:
         src = " <- ".join(r["src"].split(" <- ")[:2])
-        print(f"  {r['ms']:7.2f}  {r['bucket']:<18} {r['dir']:<9} {r['kind']:<12} {r['op']:<32} "
-              f"{src}")
+        print(
+            f"  {r['ms']:7.2f}  {r['bucket']:<18} {r['dir']:<9} {r['kind']:<12} {r['op']:<32} {src}"
+        )
     return out
 
 
@@ -245,7 +264,7 @@ def main() -> int:
     ap.add_argument("--from_trace", default="", help="only re-analyse a kept --trace_dir")
     args = ap.parse_args()
     if args.from_trace:
-        with open(os.path.join(args.from_trace, "meta.json")) as f:
+        with fs.open_file(os.path.join(args.from_trace, "meta.json")) as f:
             meta = json.load(f)
         analyse(args.from_trace, meta["steps"], meta["full_step_s"], args.top)
         return 0
@@ -255,8 +274,12 @@ def main() -> int:
         layers.BatchNorm.hand_written_grad = False
 
     step, state, batch, margins = build_ours(args)
-    out = {"model": args.model, "image_size": args.image_size, "batch_size": args.batch_size,
-           "xla_flags": os.environ.get("XLA_FLAGS", "")}
+    out = {
+        "model": args.model,
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    }
 
     if not args.no_split:
         import functools
@@ -274,9 +297,14 @@ def main() -> int:
             model = nnx.merge(graphdef, params, state.batch_stats, rng_state)
             step_lib._reseeded(model, key, state.step)
             emb = model(batch["image"])
-            losses = sub_center_arcface_loss(emb, model.head.centers[...], batch["label"],
-                                             margins, scale,
-                                             num_valid_classes=model.head.num_classes)
+            losses = sub_center_arcface_loss(
+                emb,
+                model.head.centers[...],
+                batch["label"],
+                margins,
+                scale,
+                num_valid_classes=model.head.num_classes,
+            )
             return jnp.mean(losses)
 
         def _loss_of_state(state, batch, margins):
@@ -307,17 +335,17 @@ def main() -> int:
     print(f"full step: {out['full_step_s']:.3f} s", file=sys.stderr)
 
     logdir = args.trace_dir or tempfile.mkdtemp(prefix="gldjax-prof-")
-    os.makedirs(logdir, exist_ok=True)
-    with open(os.path.join(logdir, "train_step.hlo.txt"), "w") as f:
+    fs.makedirs(logdir)
+    with fs.open_file(os.path.join(logdir, "train_step.hlo.txt"), "w") as f:
         f.write(compiled.as_text())
     with jax.profiler.trace(logdir):
         for _ in range(args.steps):
             jax.block_until_ready(one())
-    with open(os.path.join(logdir, "meta.json"), "w") as f:
+    with fs.open_file(os.path.join(logdir, "meta.json"), "w") as f:
         json.dump({"steps": args.steps, "full_step_s": out["full_step_s"]}, f)
     out.update(analyse(logdir, args.steps, out["full_step_s"], args.top, info))
     if args.json:
-        with open(args.json, "w") as f:
+        with fs.open_file(args.json, "w") as f:
             json.dump(out, f, indent=1)
     return 0
 
