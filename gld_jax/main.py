@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     config = _CONFIG.value
     config_path = flags.FLAGS["config"].config_filename
     workdir = _WORKDIR.value or _default_workdir(config_path)
+    from gld_jax.utils import fs
     from gld_jax.utils.fs import unsupported_scheme
 
     path_keys = ("data_dir", "tfrecord_dir", "checkpoint_dir")
@@ -119,13 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, NotADirectoryError, PermissionError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except Exception as e:
-        tf = sys.modules.get("tensorflow")
-        if tf is None or not isinstance(e, tf.errors.OpError):
-            raise
+    except fs.path_errors() as e:
         # A path that went away or lost permission mid-run (a deleted object, an
-        # expired grant): TF's own message names it.
-        print(f"error: {e.message.strip().splitlines()[0]}", file=sys.stderr)
+        # expired grant): the message names it.
+        print(f"error: {fs.error_line(e)}", file=sys.stderr)
         return EXIT_USAGE
     print(json.dumps(summary))
     return 0

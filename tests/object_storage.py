@@ -104,5 +104,5 @@ def object_storage() -> Iterator[str]:
                 os.environ[k] = v
         gpath._is_tf_installed.cache_clear()
         server.stop()
-        if tf.io.gfile.exists(root):
+        with contextlib.suppress(tf.errors.OpError):  # TF's ram:// rmtree is partial
             tf.io.gfile.rmtree(root)

@@ -143,3 +143,13 @@ def test_unusable_paths_are_one_line_naming_the_key(remote_root, tmp_path):
     local.synthetic.enabled = False
     assert path_problem(local, str(tmp_path / "run")) is None
     assert not [p for p in tmp_path.rglob(".write-probe-*")]  # probes are removed
+
+
+def test_a_missing_remote_object_is_one_line(remote_root, capsys):
+    from gld_jax.metrics.gap import main as gap_main
+
+    missing = f"{remote_root}/nowhere/solution.csv"
+    fs.write_text(f"{remote_root}/sub.csv", "id,landmarks\nq1,7 0.5\n")
+    assert gap_main(["--submission", f"{remote_root}/sub.csv", "--solution", missing]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and missing in err and "\n" not in err

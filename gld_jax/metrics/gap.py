@@ -232,8 +232,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         predictions = read_submission(args.submission)
         rows, has_usage = _read_solution_rows(args.solution)
-    except (OSError, ValueError, UnicodeDecodeError) as err:
+    except (ValueError, UnicodeDecodeError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except fs.path_errors() as err:
+        print(f"error: {fs.error_line(err)}", file=sys.stderr)
         return 2
     known = {i for i, _, _ in rows}
     unknown = sum(1 for i in predictions if i not in known)

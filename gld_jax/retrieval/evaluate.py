@@ -341,8 +341,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 num_queries=args.report_queries,
                 title=f"{args.mode}, {len(args.queries)} model(s)",
             )
-    except (OSError, ValueError) as err:
+    except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except fs.path_errors() as err:  # a missing or forbidden file, local or gs://
+        print(f"error: {fs.error_line(err)}", file=sys.stderr)
         return 2
     summary = {
         "mode": args.mode,

@@ -9,10 +9,12 @@ Orbax handles checkpoints itself (etils paths, TensorStore for the arrays).
 
 from __future__ import annotations
 
+import errno
 import glob as _glob
 import io
 import os
 import shutil
+import sys
 import uuid
 from typing import IO
 
@@ -48,8 +50,19 @@ def _errors(path: str) -> tuple[type[BaseException], ...]:
     return (OSError, tf.errors.OpError)
 
 
-def _reason(e: BaseException) -> str:
+def path_errors() -> tuple[type[BaseException], ...]:
+    """For `except`: OSError, plus TF's OpError once TensorFlow is loaded (a
+    gs:// object that is missing or forbidden raises NotFoundError or
+    PermissionDeniedError, which are not OSErrors)."""
+    tf = sys.modules.get("tensorflow")
+    return (OSError,) if tf is None else (OSError, tf.errors.OpError)
+
+
+def error_line(e: BaseException) -> str:
+    """The first line of a file error's message (TF's carry the path)."""
     text = getattr(e, "message", None) or getattr(e, "strerror", None) or str(e)
+    if isinstance(e, OSError) and e.filename and str(e.filename) not in text:
+        text = f"{e.filename}: {text}"
     return text.strip().splitlines()[0] if text.strip() else type(e).__name__
 
 
@@ -67,7 +80,7 @@ def writable_problem(path: str, key: str) -> str | None:
         write_text(probe, "ok")
         remove(probe)
     except _errors(path) as e:
-        return f"{key}: {path} is not writable: {_reason(e)}"
+        return f"{key}: {path} is not writable: {error_line(e)}"
     return None
 
 
@@ -80,7 +93,7 @@ def readable_dir_problem(path: str, key: str) -> str | None:
             return f"{key}: {path} is not a directory"
         listdir(path)
     except _errors(path) as e:
-        return f"{key}: {path} cannot be read: {_reason(e)}"
+        return f"{key}: {path} cannot be read: {error_line(e)}"
     return None
 
 
@@ -112,6 +125,9 @@ def glob(pattern: str) -> list[str]:
 def open_file(path: str, mode: str = "r") -> IO:
     """Text or binary ("rb"/"wb") file object; remote writes land on close."""
     if is_remote(path):
+        # GFile opens lazily and TF's NotFoundError may carry no path: say which.
+        if "r" in mode and not _gfile().exists(path):
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
         return _gfile().GFile(path, mode)
     return open(
         path,
