@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from gld_jax.models.efficientnet import (
-    BASE_BLOCKS,
+    SHALLOW_BLOCKS,
     EfficientNet,
     efficientnet_variants,
     round_filters,
@@ -32,9 +32,7 @@ KERAS_TRAINABLE = {
 }
 # A shallow table, the first three stages with 1, 2, 1 blocks: covers no-expand and
 # expand blocks, k=3 and k=5, stride 1 and 2, and an identity skip with drop path.
-SHALLOW = tuple(
-    dataclasses.replace(a, repeats=r) for a, r in zip(BASE_BLOCKS[:3], (1, 2, 1), strict=True)
-)
+SHALLOW = SHALLOW_BLOCKS  # B0's first three stages, 1 + 2 + 1 blocks
 
 
 def _keras():
@@ -318,11 +316,11 @@ def test_keras_import_rejects_mismatch_and_writes_nothing(keras_b0):
 
 def test_registry_creates_backbones_and_rejects_unknown():
     names = backbone_names()
-    assert names == [f"efficientnet_b{i}" for i in range(8)] + [
-        "resnest101",
-        "resnest200",
-        "resnest50",
-    ]
+    assert names == ["efficientnet_b0", "efficientnet_b0_shallow"] + [
+        f"efficientnet_b{i}" for i in range(1, 8)
+    ] + ["resnest101", "resnest200", "resnest50"]
+    shallow, _ = create_backbone("efficientnet_b0_shallow", rngs=nnx.Rngs(0))
+    assert shallow.block_names == ("block1a", "block2a", "block2b", "block3a")
     assert BACKBONES["efficientnet_b3"].default_resolution == 300
     module, dim = create_backbone("efficientnet_b0", rngs=nnx.Rngs(0), drop_path_rate=0.1)
     assert isinstance(module, EfficientNet) and dim == module.feature_dim == 1280

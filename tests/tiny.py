@@ -15,7 +15,7 @@ TINY_DATA = dict(
 
 
 def tiny_config(data_dir):
-    """8 synthetic classes, 32-40 px, batch 8, two stages (full, then clean)."""
+    """8 synthetic classes, 32-40 px, batch 8, two stages (full, then clean), a 4-block B0."""
     c = base_config()
     c.data_dir = str(data_dir)
     c.synthetic.enabled = True
@@ -24,6 +24,7 @@ def tiny_config(data_dir):
     c.synthetic.num_test = 20
     c.synthetic.image_width, c.synthetic.image_height = 64, 48
     c.convert.num_shards = 2
+    c.model.backbone = "efficientnet_b0_shallow"  # 4 blocks: compiles in a fraction of B0's time
     c.model.embedding_dim = 32
     c.loss.scale = 30.0
     c.stages = [

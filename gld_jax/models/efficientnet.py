@@ -57,6 +57,14 @@ BASE_BLOCKS: tuple[BlockArgs, ...] = (
     BlockArgs(kernel_size=3, repeats=1, filters_in=192, filters_out=320, expand_ratio=6, strides=1),
 )
 
+# B0's first three stages with 1, 2 and 1 blocks: every block kind (no expansion,
+# expansion, stride 2, identity skip, SE) in 4 blocks instead of 16, at 1/8 of
+# the input's resolution. Tracing and compiling the full B0 dominates a small
+# run's time; this table keeps smoke runs and the trainer tests quick.
+SHALLOW_BLOCKS: tuple[BlockArgs, ...] = tuple(
+    dataclasses.replace(a, repeats=r) for a, r in zip(BASE_BLOCKS[:3], (1, 2, 1), strict=True)
+)
+
 # (width coefficient, depth coefficient, default resolution, head dropout), as Keras.
 _VARIANTS: dict[str, tuple[float, float, int, float]] = {
     "b0": (1.0, 1.0, 224, 0.2),

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import jax.numpy as jnp
 from flax import nnx
 
-from gld_jax.models.efficientnet import EfficientNet, efficientnet_variants
+from gld_jax.models.efficientnet import SHALLOW_BLOCKS, EfficientNet, efficientnet_variants
 from gld_jax.models.layers import ConvImpl
 from gld_jax.models.resnest import RESNEST_VARIANTS, ResNeSt
 
@@ -33,6 +33,9 @@ def _efficientnet_rows() -> dict[str, BackboneInfo]:
     for variant, (_, _, resolution, _) in efficientnet_variants().items():
         name = f"efficientnet_{variant}"
         rows[name] = BackboneInfo(name, functools.partial(EfficientNet, variant), resolution)
+    # Not a recipe backbone: a 4-block B0 for smoke runs and tests (SHALLOW_BLOCKS).
+    shallow = functools.partial(EfficientNet, "b0", blocks_args=SHALLOW_BLOCKS)
+    rows["efficientnet_b0_shallow"] = BackboneInfo("efficientnet_b0_shallow", shallow, 224)
     return rows
 
 
