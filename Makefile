@@ -19,8 +19,12 @@ venv-dev:
 demo: venv
 	$(PY) -m gld_jax.main --config configs/demo.py --workdir $(WORKDIR)
 
+# Two pytest workers (pytest-xdist), a test file each at a time: the suite's
+# long tests are single-threaded compiles, so two cores run two of them.
+TEST_WORKERS ?= 2
+
 test: venv-dev
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: venv-dev
 	$(VENV)/bin/ruff check .
