@@ -77,11 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     config_path = flags.FLAGS["config"].config_filename
     workdir = _WORKDIR.value or _default_workdir(config_path)
     from gld_jax.utils import fs
-    from gld_jax.utils.fs import unsupported_scheme
 
     path_keys = ("data_dir", "tfrecord_dir", "checkpoint_dir")
-    problem = unsupported_scheme(workdir, "--workdir") or next(
-        filter(None, (unsupported_scheme(config[k], k) for k in path_keys)), None
+    problem = fs.unsupported_scheme(workdir, "--workdir") or next(
+        filter(None, (fs.unsupported_scheme(config[k], k) for k in path_keys)), None
     )
     if problem:  # before anything is written: never a folder named 'file:' in the cwd
         print(f"error: {problem}", file=sys.stderr)

@@ -25,16 +25,18 @@ def path_problem(config, workdir: str) -> str | None:
     """One line naming the first configured path a run cannot use (missing,
     not a folder, not writable), before anything runs; None when all are fine."""
     data_dir, tfrecord_dir = resolve_dirs(config, workdir)
-    converted = fs.exists(os.path.join(tfrecord_dir, "manifest.json"))
-    checks = [fs.writable_problem(workdir, "--workdir")]
-    checks.append(fs.writable_problem(config.checkpoint_dir, "checkpoint_dir"))
-    if not converted:
-        checks.append(fs.writable_problem(tfrecord_dir, "tfrecord_dir"))
-        if config.synthetic.enabled:
-            checks.append(fs.writable_problem(data_dir, "data_dir"))
-        else:
-            checks.append(fs.readable_dir_problem(data_dir, "data_dir"))
-    return next(filter(None, checks), None)
+    checks = [
+        lambda: fs.writable_problem(workdir, "--workdir"),
+        lambda: fs.writable_problem(config.checkpoint_dir, "checkpoint_dir"),
+    ]
+    if not fs.exists(os.path.join(tfrecord_dir, "manifest.json")):
+        data_check = fs.writable_problem if config.synthetic.enabled else fs.readable_dir_problem
+        checks += [
+            lambda: fs.writable_problem(tfrecord_dir, "tfrecord_dir"),
+            lambda: data_check(data_dir, "data_dir"),
+        ]
+    # In order, stopping at the first problem: no probe writes after a failure.
+    return next(filter(None, (check() for check in checks)), None)
 
 
 def prepare_data(config, workdir: str, *, is_main: bool = True) -> str:
