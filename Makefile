@@ -20,11 +20,13 @@ demo: venv
 	$(PY) -m gld_jax.main --config configs/demo.py --workdir $(WORKDIR)
 
 # Two pytest workers (pytest-xdist), a test file each at a time: the suite's
-# long tests are single-threaded compiles, so two cores run two of them.
+# long tests are single-threaded compiles, so two cores run two of them. Files
+# go out in collection order (tests/conftest.py puts the longest first), not
+# xdist's default of the files with the most tests first.
 TEST_WORKERS ?= 2
 
 test: venv-dev
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 lint: venv-dev
 	$(VENV)/bin/ruff check .

@@ -24,3 +24,23 @@ def pytest_configure(config):
     os.environ["GLD_JAX_TEST_COMPILE_CACHE"] = cache  # subprocess workers share it
     jax.config.update("jax_compilation_cache_dir", cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+# The longest files (measured with --durations), scheduled first: with one file
+# per pytest-xdist worker at a time, a long file started last sets the wall time
+# (`make test` passes --no-loadscope-reorder so xdist keeps this order).
+_LONG_FILES = (
+    "test_multihost.py",
+    "test_trainer.py",
+    "test_head_scoring.py",
+    "test_object_storage.py",
+    "test_tpu_compile.py",
+)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    def rank(item):
+        name = item.path.name
+        return _LONG_FILES.index(name) if name in _LONG_FILES else len(_LONG_FILES)
+
+    items.sort(key=rank)  # stable: every file keeps its own order

@@ -24,7 +24,7 @@ def _one_step(mesh, batch, margins, fsdp=False):
     from flax import nnx
 
     model = LandmarkModel(
-        backbone="efficientnet_b0",
+        backbone="efficientnet_b0_shallow",
         num_classes=NUM_CLASSES,
         embedding_dim=32,
         rngs=nnx.Rngs(params=0, dropout=1),
@@ -241,7 +241,7 @@ def test_accumulated_step_equals_sequential_micro_steps_and_ema():
     batch, _ = _batch_and_margins(1)
     margins = jnp.full((NUM_CLASSES,), 0.2, jnp.float32)
     model = LandmarkModel(
-        backbone="efficientnet_b0",
+        backbone="efficientnet_b0_shallow",
         num_classes=NUM_CLASSES,
         embedding_dim=32,
         drop_path_rate=0.0,
@@ -297,7 +297,7 @@ def test_bfloat16_compute_keeps_float32_parameters_and_loss():
     from flax import nnx
 
     model = LandmarkModel(
-        backbone="efficientnet_b0",
+        backbone="efficientnet_b0_shallow",
         num_classes=NUM_CLASSES,
         embedding_dim=32,
         dtype="bfloat16",
