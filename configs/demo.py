@@ -3,9 +3,10 @@
     python -m gld_jax.main --config configs/demo.py --workdir runs/demo
     (or: make demo)
 
-EfficientNet-B0 from scratch, GeM, 512-d neck, Sub-center ArcFace (K=3, class-size
+A 4-block EfficientNet-B0 from scratch, GeM, 512-d neck, Sub-center ArcFace (K=3, class-size
 margins), two progressive stages (64 px on the full label set, then a new head
-on the clean set at 96 px), ScaNN top-1 retrieval and GAP on the test split.
+on the clean set at 96 px), ScaNN retrieval blended with the head's scores (the
+recipe's submission), and GAP on the test split for every prediction mode.
 """
 
 from gld_jax.config import base_config, stage
@@ -16,7 +17,10 @@ def get_config():
     c.synthetic.enabled = True
     c.synthetic.num_classes = 60
     c.convert.num_shards = 4
-    c.model.backbone = "efficientnet_b0"
+    # The 4-block B0 (every block kind, a quarter of the depth): from scratch in
+    # a few hundred steps the 16-block B0 learns far less (README, "Confidences
+    # that rank": test GAP 0.16 top-1 against 0.5 here, same steps).
+    c.model.backbone = "efficientnet_b0_shallow"
     c.model.drop_path_rate = 0.1
     # From-scratch training on few classes: the recipe's s=80 (tuned for 200k
     # classes and ImageNet weights) saturates the softmax at once here.
@@ -45,4 +49,9 @@ def get_config():
     c.log_every_steps = 10
     c.checkpoint_every_steps = 100
     c.eval.batch_size = 64
+    # Report both validations (the recipe's head one and retrieval), and the
+    # ladder's re-rank rows with the Public test non-landmarks as the
+    # non-landmark set (so the re-rank is judged on Private).
+    c.eval.validation = "both"
+    c.eval.nonlandmark_usage = "Public"
     return c

@@ -21,11 +21,14 @@ def get_config():
     c.runs = ["effb7", "effb6", "effb5", "effb4", "effb3", "resnest101"]
     # Equal weights, as the 3rd place's ensemble averaged its models' similarities.
     c.weights = [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
-    # top1 | knn_vote | nonlandmark_rerank. The re-ranking needs a non-landmark
-    # set per run (`nonlandmark`: a file under each run's embeddings/, e.g. made
-    # by python -m gld_jax.retrieval.nonlandmark_set).
-    c.mode = "top1"
+    # blend (the recipe's submission: sum over the top-5 neighbours of
+    # cos^9 x head^10) | head | top1 | knn_vote | nonlandmark_rerank | blend_rerank.
+    # The re-rankings need a non-landmark set per run (`nonlandmark`: a file
+    # under each run's embeddings/, e.g. made by python -m gld_jax.retrieval.nonlandmark_set).
+    c.mode = "blend"
     c.num_neighbors = 5
+    c.sim_power = 9.0
+    c.head_power = 10.0
     c.nonlandmark = ""
     c.solution = ""  # recognition_solution_v2.1.csv: print GAP (overall, Public, Private)
     return c

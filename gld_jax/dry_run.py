@@ -136,6 +136,19 @@ def dataset_counts(config, workdir: str) -> tuple[dict, dict, str]:
     return num_classes, num_train, f"GLDv2 v2.1 published counts, {held_out}"
 
 
+def validation_images(config, num_train: int) -> int:
+    """Images one stage's validation embeds: the head's is every `val_every`-th
+    held-out image, retrieval's every image of the label set (the training
+    folds as the index, the held-out fold as queries). `num_train` excludes
+    the held-out fold, which holds about num_train / (folds - 1) images."""
+    if not config.eval.validate or config.fold < 0:
+        return 0
+    held_out = round(num_train / max(1, config.folds - 1))
+    head = math.ceil(held_out / config.val_every)
+    retrieval = num_train + held_out
+    return {"head": head, "retrieval": retrieval, "both": head + retrieval}[config.eval.validation]
+
+
 def _manifest_exists(tfrecord_dir: str) -> bool:
     return fs.exists(os.path.join(tfrecord_dir, "manifest.json"))
 
@@ -299,7 +312,11 @@ def plan_run(config, workdir: str, *, config_name: str = "", compile: bool = Fal
         head_flops = 2.0 * plan.batch_size * c_pad * m.sub_centers * m.embedding_dim
         step_flops = 3.0 * (fwd_flops + head_flops)
         seconds = plan.steps * step_flops / (num_devices * acc.peak_flops * target.mfu)
-        total_seconds += seconds
+        val_images = validation_images(config, plan.num_train)
+        val_seconds = (val_images * (fwd_flops + head_flops / 3) / plan.batch_size) / (
+            num_devices * acc.peak_flops * target.mfu
+        )
+        total_seconds += seconds + val_seconds
         stages.append(
             {
                 "stage": plan.index,
@@ -328,6 +345,11 @@ def plan_run(config, workdir: str, *, config_name: str = "", compile: bool = Fal
                 | {"total": total / GIB, "usable": budget / GIB},
                 "fits": total <= budget,
                 "hours": seconds / 3600,
+                "validation": {
+                    "method": config.eval.validation if config.eval.validate else "none",
+                    "images": val_images,
+                    "hours": val_seconds / 3600,
+                },
             }
         )
     report = {
@@ -405,7 +427,15 @@ def format_plan(report: dict) -> str:
             f"{k} {mem[k]:.2f}" for k in ("params", "grads", "optimizer", "ema", "activations")
         )
         lines.append(f"  stage {s['stage']}: {parts}")
-    lines.append(f"total: {r['total_hours']:.1f} hours on {r['num_devices']} devices")
+    lines.append("validation after each stage (a forward pass, same MFU):")
+    for s in r["stages"]:
+        v = s["validation"]
+        lines.append(
+            f"  stage {s['stage']}: {v['method']}, {v['images']:,} images, {v['hours']:.2f} hours"
+        )
+    lines.append(
+        f"total: {r['total_hours']:.1f} hours on {r['num_devices']} devices (training + validation)"
+    )
     if "topology" in r:
         lines.append("(with --compile, XLA's compiled figures below decide what fits)")
         lines += ["", *_format_compiled(r)]

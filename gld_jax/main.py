@@ -124,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
         # expired grant): the message names it.
         print(f"error: {fs.error_line(e)}", file=sys.stderr)
         return EXIT_USAGE
+    if summary.get("ladder"):
+        from gld_jax.pipeline import ladder_table
+
+        print(ladder_table(summary["ladder"], config.eval.nonlandmark_usage))
     print(json.dumps(summary))
     return 0
 

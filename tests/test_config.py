@@ -119,3 +119,10 @@ def test_cli_refuses_unsupported_url_schemes_before_writing(tmp_path, flag, word
     assert lines[-1] == f"error: {words}" or lines[-1].startswith(f"error: {words}"), lines
     assert "Traceback" not in out.stderr
     assert not os.listdir(cwd) and not (tmp_path / "run").exists()
+
+
+def test_config_prediction_modes_are_the_evaluators():
+    from gld_jax.config.validate import PREDICTIONS
+    from gld_jax.retrieval.evaluate import MODES
+
+    assert set(PREDICTIONS) == set(MODES)

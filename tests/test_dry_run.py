@@ -57,6 +57,12 @@ def test_recipe_config_plans_the_recipe_and_fits_a_v3_32(name, tmp_path):
         parts = ("params", "grads", "optimizer", "ema", "activations")
         assert mem["total"] == pytest.approx(sum(mem[k] for k in parts))
         assert mem["activations"] > 0 and s["tflops_per_step"] > 0 and s["hours"] > 0
+        # The recipe's head validation: every 15th image of the held-out fold
+        # (GLDv2's label set / 5), a forward pass, a sliver of the stage's time.
+        held_out = round(images / (config.folds - 1))
+        assert s["validation"]["method"] == "head"
+        assert s["validation"]["images"] == math.ceil(held_out / config.val_every)
+        assert 0 < s["validation"]["hours"] < 0.01 * s["hours"]
     # The 203,094 x 3 x 512 head is split over the 8-way model axis: a device
     # holds 1/8 of it. Head params in stage 0 = padded classes x K x D.
     assert stages[0]["params"]["head"] == 203_264 * 3 * 512

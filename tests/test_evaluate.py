@@ -50,6 +50,8 @@ def tiny(tmp_path):
 
 
 def _run(capsys, *argv):
+    if "--mode" not in argv:  # the cases below are worked out by hand for top-1
+        argv = ("--mode", "top1", *argv)
     rc = main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return rc, out, err
@@ -286,4 +288,4 @@ def test_the_recipe_ensemble_config_reads_six_runs_of_the_tpu_scripts_layout():
     index = args[args.index("--index") + 1 : args.index("--queries")]
     assert index[0] == "gs://b/runs/effb7_fold0/embeddings/train"
     assert index[-1] == "gs://b/runs/resnest101_fold0/embeddings/train"
-    assert len(index) == 6 and args[args.index("--mode") + 1] == "top1"
+    assert len(index) == 6 and args[args.index("--mode") + 1] == "blend"

@@ -13,9 +13,9 @@ tfrecords_tools/tfds_metadata.py) and `manifest.json` last:
     version, label_set, folds, seed, max_side, jpeg_quality, max_pixels,
     min_examples_per_shard
     splits.{train,test,index}: files, num_examples, shard_counts
-    splits.train.shard_fold_counts.{full,clean}: [file][fold] example counts
-    label_sets.{full,clean}: landmark_ids (class i = landmark_ids[i]), class_counts,
-        fold_counts, num_examples, num_empty_classes
+    splits.train.shard_fold_counts.{full,clean,clean_classes_full}: [file][fold] example counts
+    label_sets.{full,clean,clean_classes_full}: landmark_ids (class i = landmark_ids[i]),
+        class_counts, fold_counts, num_examples, num_empty_classes
     fold_counts (full set), skipped: [{split, id, reason}], skipped_counts: {reason: n},
     reencoded: {change: n}, converted_to_rgb: images whose source was not a 3-channel
         JPEG (grayscale, CMYK, PNG, ...), now RGB JPEGs
@@ -493,7 +493,21 @@ def _match(
 
 
 def _label_tables(train: dict[str, int], clean: set[str]) -> dict[str, list[int]]:
-    return {"full": sorted(set(train.values())), "clean": sorted({train[i] for i in clean})}
+    clean_ids = sorted({train[i] for i in clean})
+    # clean_classes_full: every train.csv image of a clean class (the 1st place's
+    # extended retrieval index), labelled with the clean classes.
+    return {
+        "full": sorted(set(train.values())),
+        "clean": clean_ids,
+        "clean_classes_full": clean_ids,
+    }
+
+
+def _in_label_set(name: str, landmark_id: int, clean: bool, classes: dict[int, int]) -> bool:
+    """Whether a train record belongs to label set `name` (see _label_tables)."""
+    if name == "clean":
+        return clean
+    return landmark_id in classes
 
 
 def _manifest(
@@ -519,7 +533,10 @@ def _manifest(
         class_counts = np.zeros(len(landmark_ids), np.int64)
         per_shard = []
         for r in results["train"]:
-            keep = [name == "full" or c for c in r.clean]
+            keep = [
+                _in_label_set(name, lm, c, index)
+                for lm, c in zip(r.landmark_ids, r.clean, strict=True)
+            ]
             lms = [lm for lm, k in zip(r.landmark_ids, keep, strict=True) if k]
             fls = [f for f, k in zip(r.folds, keep, strict=True) if k]
             np.add.at(class_counts, [index[lm] for lm in lms], 1)

@@ -18,7 +18,12 @@ MIN_IMAGE_SIZE = 32  # EfficientNet/ResNeSt reduce the input 32x
 LABEL_SETS = ("full", "clean")
 DTYPES = ("float32", "bfloat16")
 OPTIMIZERS = ("adamw", "sgd")
-PREDICTIONS = ("top1", "knn_vote")
+# gld_jax.retrieval.evaluate.MODES (config sits below retrieval, so the list is
+# repeated here; tests/test_config.py checks the two agree).
+PREDICTIONS = ("top1", "knn_vote", "nonlandmark_rerank", "head", "blend", "blend_rerank")
+VALIDATIONS = ("head", "retrieval", "both")
+INDEX_SETS = ("clean", "clean_classes_full", "full")
+USAGES = ("", "Public", "Private")
 
 
 class ConfigError(ValueError):
@@ -69,10 +74,11 @@ def validate_config(
     _check(config.model.embedding_dim > 0, "model.embedding_dim", "must be positive")
     _check(config.model.sub_centers >= 1, "model.sub_centers", "must be >= 1")
     _check(
-        config.model.neck_activation in ("swish", "prelu"),
+        config.model.neck_activation in ("swish", "prelu", "none"),
         "model.neck_activation",
-        "must be 'swish' or 'prelu'",
+        "must be 'swish', 'prelu' or 'none'",
     )
+    _check(0.0 <= config.model.bn_momentum < 1.0, "model.bn_momentum", "must be in [0, 1)")
     _check(0.0 <= config.model.drop_path_rate < 1.0, "model.drop_path_rate", "must be in [0, 1)")
     _check(
         config.model.get("conv_impl", "auto") in ("auto", "lax"),
@@ -97,6 +103,29 @@ def validate_config(
         config.eval.prediction in PREDICTIONS, "eval.prediction", f"must be one of {PREDICTIONS}"
     )
     _check(config.eval.batch_size > 0, "eval.batch_size", "must be positive")
+    _check(
+        config.eval.validation in VALIDATIONS,
+        "eval.validation",
+        f"must be one of {VALIDATIONS}",
+    )
+    _check(config.eval.index in INDEX_SETS, "eval.index", f"must be one of {INDEX_SETS}")
+    _check(config.eval.head_top_k >= 1, "eval.head_top_k", "must be >= 1")
+    _check(
+        config.eval.sim_power >= 0 and config.eval.head_power >= 0,
+        "eval.sim_power",
+        "the blend's exponents must be >= 0",
+    )
+    _check(
+        config.eval.nonlandmark_usage in USAGES,
+        "eval.nonlandmark_usage",
+        f"must be one of {USAGES}",
+    )
+    _check(
+        config.eval.prediction not in ("nonlandmark_rerank", "blend_rerank")
+        or bool(config.eval.nonlandmark_usage),
+        "eval.prediction",
+        f"{config.eval.prediction} needs a non-landmark set: set eval.nonlandmark_usage",
+    )
     _check(
         config.eval.get("embedding_dtype", "float32") in ("float16", "float32"),
         "eval.embedding_dtype",

@@ -58,6 +58,7 @@ class LandmarkModel(nnx.Module):
         embedding_dim: int = 512,
         sub_centers: int = 3,
         neck_activation: str = "swish",
+        neck_bn: bool = True,
         gem_p: float = 3.0,
         dtype: str = "float32",
         drop_path_rate: float = 0.2,
@@ -76,7 +77,12 @@ class LandmarkModel(nnx.Module):
         )
         self.pool = GeM(p=gem_p)
         self.neck = EmbeddingNeck(
-            feature_dim, embedding_dim, neck_activation, rngs=rngs, dtype=self.compute_dtype
+            feature_dim,
+            embedding_dim,
+            neck_activation,
+            batch_norm=neck_bn,
+            rngs=rngs,
+            dtype=self.compute_dtype,
         )
         self.head = SubCenterHead(num_classes, sub_centers, embedding_dim, rngs=rngs)
         self.embedding_dim = embedding_dim
@@ -89,10 +95,19 @@ class LandmarkModel(nnx.Module):
         return self.neck(self.pool(features)).astype(jnp.float32)
 
 
+def set_batch_norm_momentum(module: nnx.Module, momentum: float) -> None:
+    """Sets every BatchNorm's running-average momentum (flax convention: running =
+    momentum * running + (1 - momentum) * batch) in ``module``."""
+    for _, sub in nnx.iter_modules(module):
+        if isinstance(sub, nnx.BatchNorm):
+            sub.momentum = momentum
+
+
 def build_model(model_config, num_classes: int, *, seed: int) -> LandmarkModel:
     """A LandmarkModel from the `model` section of a config.
 
-    With `model.init_from` set (a folder written by `python -m
+    `model.bn_momentum` > 0 replaces the backbone's BatchNorm momentum (0 keeps
+    the backbone's own). With `model.init_from` set (a folder written by `python -m
     gld_jax.models.import_weights`), the backbone starts from those weights; a
     checkpoint for another model or with missing/extra/mis-shaped keys is an error.
     """
@@ -102,6 +117,7 @@ def build_model(model_config, num_classes: int, *, seed: int) -> LandmarkModel:
         embedding_dim=model_config.embedding_dim,
         sub_centers=model_config.sub_centers,
         neck_activation=model_config.neck_activation,
+        neck_bn=model_config.get("neck_bn", True),
         gem_p=model_config.gem_p,
         dtype=model_config.dtype,
         drop_path_rate=model_config.drop_path_rate,
@@ -109,6 +125,9 @@ def build_model(model_config, num_classes: int, *, seed: int) -> LandmarkModel:
         conv_impl=model_config.get("conv_impl", "auto"),
         rngs=nnx.Rngs(params=seed, dropout=seed + 1),
     )
+    momentum = model_config.get("bn_momentum", 0.0)
+    if momentum > 0:
+        set_batch_norm_momentum(model.backbone, momentum)
     init_from = model_config.get("init_from", "")
     if init_from:
         from gld_jax.models.import_weights import load_backbone_checkpoint

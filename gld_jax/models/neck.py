@@ -1,4 +1,10 @@
-"""Embedding neck of the recipe: Linear(C -> dim) -> BatchNorm1d -> Swish | PReLU."""
+"""Embedding neck: Linear(C -> dim) -> [BatchNorm1d] -> Swish | PReLU | nothing.
+
+The 3rd place used Linear -> Swish, the 1st place Linear -> BN -> PReLU; with
+``activation="none"`` the embedding is the BatchNorm's output itself, centred
+and free to use every direction (a Swish output lies mostly in the positive
+orthant, see the README's "Confidences that rank").
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ from flax import nnx
 
 from gld_jax.models.layers import BatchNorm
 
-_ACTIVATIONS = ("swish", "prelu")
+_ACTIVATIONS = ("swish", "prelu", "none")
 
 
 class PReLU(nnx.Module):
@@ -39,13 +45,18 @@ class EmbeddingNeck(nnx.Module):
         dim: int = 512,
         activation: str = "swish",
         *,
+        batch_norm: bool = True,
         rngs: nnx.Rngs,
         dtype=jnp.float32,
     ):
         if activation not in _ACTIVATIONS:
             raise ValueError(f"activation must be one of {_ACTIVATIONS}, got {activation!r}")
         self.linear = nnx.Linear(in_features, dim, dtype=dtype, rngs=rngs)
-        self.bn = BatchNorm(dim, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs)
+        self.bn = (
+            BatchNorm(dim, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs)
+            if batch_norm
+            else None
+        )
         self.activation = activation
         self.prelu = PReLU() if activation == "prelu" else None
         self.in_features = in_features
@@ -53,6 +64,11 @@ class EmbeddingNeck(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """x [N, in_features] -> [N, dim] float32."""
-        y = self.bn(self.linear(x))
-        y = self.prelu(y) if self.prelu is not None else jax.nn.swish(y)
+        y = self.linear(x)
+        if self.bn is not None:
+            y = self.bn(y)
+        if self.prelu is not None:
+            y = self.prelu(y)
+        elif self.activation == "swish":
+            y = jax.nn.swish(y)
         return y.astype(jnp.float32)

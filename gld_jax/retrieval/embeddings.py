@@ -2,7 +2,10 @@
 
 One format everywhere (per model, per split, per host): `ids` are strings,
 `embeddings` float16 or float32 rows (L2-normalised), `labels` the int landmark
-id or -1 where there is none. A folder of shards loads as their concatenation.
+id or -1 where there is none. Sets embedded with the classifier head also carry
+`head_labels` [N, k] (the landmark ids of the head's top-k classes, best first)
+and `head_scores` [N, k] (their sub-centre cosines). A folder of shards loads as
+their concatenation.
 """
 
 from __future__ import annotations
@@ -21,13 +24,39 @@ class EmbeddingSet:
     ids: np.ndarray  # [N] str
     embeddings: np.ndarray  # [N, D] float
     labels: np.ndarray  # [N] int64 landmark id, -1 none
+    head_labels: np.ndarray | None = None  # [N, k] int64 landmark ids of the head's top-k
+    head_scores: np.ndarray | None = None  # [N, k] float32 their cosines, best first
+
+    def __post_init__(self) -> None:
+        if (self.head_labels is None) != (self.head_scores is None):
+            raise ValueError("head_labels and head_scores come together")
+        if self.head_labels is not None and (
+            self.head_labels.shape != self.head_scores.shape
+            or self.head_labels.shape[:1] != self.ids.shape
+        ):
+            raise ValueError(
+                f"head_labels {self.head_labels.shape} and head_scores "
+                f"{self.head_scores.shape} must both be [N={len(self.ids)}, k]"
+            )
 
     def __len__(self) -> int:
         return len(self.ids)
 
+    @property
+    def has_head(self) -> bool:
+        return self.head_labels is not None
+
     def select(self, mask_or_index) -> EmbeddingSet:
+        head = (
+            (self.head_labels[mask_or_index], self.head_scores[mask_or_index])
+            if self.has_head
+            else (None, None)
+        )
         return EmbeddingSet(
-            self.ids[mask_or_index], self.embeddings[mask_or_index], self.labels[mask_or_index]
+            self.ids[mask_or_index],
+            self.embeddings[mask_or_index],
+            self.labels[mask_or_index],
+            *head,
         )
 
 
@@ -35,11 +64,18 @@ def save_embeddings(path: str, emb: EmbeddingSet, *, dtype=np.float32) -> None:
     """Writes atomically (temp file + rename) so a crash leaves no half file.
     `path` may be local or remote (gs://...)."""
     fs.makedirs(fs.parent(path))
+    head = {}
+    if emb.has_head:
+        head = dict(
+            head_labels=np.asarray(emb.head_labels, np.int64),
+            head_scores=np.asarray(emb.head_scores, np.float32),
+        )
     fs.save_npz(
         path,
         ids=np.asarray(emb.ids, dtype=str),
         embeddings=np.asarray(emb.embeddings, dtype=dtype),
         labels=np.asarray(emb.labels, dtype=np.int64),
+        **head,
     )
 
 
@@ -109,9 +145,26 @@ def load_embeddings(path: str) -> EmbeddingSet:
         missing = {"ids", "embeddings", "labels"} - set(z)
         if missing:
             raise ValueError(f"{f}: not an embedding set (missing {sorted(missing)})")
-        parts.append(EmbeddingSet(z["ids"], z["embeddings"], z["labels"]))
+        head = (z["head_labels"], z["head_scores"]) if "head_labels" in z else (None, None)
+        parts.append(EmbeddingSet(z["ids"], z["embeddings"], z["labels"], *head))
+    return concatenate_sets(parts, where=path)
+
+
+def concatenate_sets(parts: list[EmbeddingSet], *, where: str = "") -> EmbeddingSet:
+    """Rows of all parts in order; head top-k lists only when every part has them
+    with the same k (a mixed folder is an error, not a silent drop)."""
+    with_head = {p.head_labels.shape[1] for p in parts if p.has_head}
+    if with_head and (len(with_head) > 1 or not all(p.has_head for p in parts)):
+        raise ValueError(f"{where}: shards disagree on the head's top-k lists (k = {with_head})")
+    head = (None, None)
+    if with_head:
+        head = (
+            np.concatenate([p.head_labels for p in parts]),
+            np.concatenate([p.head_scores for p in parts]),
+        )
     return EmbeddingSet(
         np.concatenate([p.ids for p in parts]),
         np.concatenate([p.embeddings for p in parts]),
         np.concatenate([p.labels for p in parts]),
+        *head,
     )

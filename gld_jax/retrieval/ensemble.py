@@ -4,6 +4,9 @@ Each model's rows are L2-normalised, scaled by ``sqrt(w_m / sum(w))`` and
 concatenated, so the dot product of two combined rows is the weighted mean of
 the per-model cosines, ``sum_m w_m cos_m / sum_m w_m``, and every combined row
 has unit norm again (re-normalised anyway, against float16 rounding).
+
+The models' head top-k lists (when every set has them) are merged into one list
+per image by :func:`merge_head_lists`.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import numpy as np
 from gld_jax.retrieval.embeddings import EmbeddingSet
 from gld_jax.retrieval.index import row_norms
 
-__all__ = ["combine_embedding_sets", "l2_normalize", "model_means"]
+__all__ = ["combine_embedding_sets", "l2_normalize", "merge_head_lists", "model_means"]
 
 
 def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
@@ -102,7 +105,64 @@ def combine_embedding_sets(
         block *= np.float32(np.sqrt(w / total))
         offset += dim
     _normalize_rows_(out)
-    return EmbeddingSet(ref.ids, out, ref.labels)
+    head = (None, None)
+    if all(emb.has_head for emb in sets):
+        aligned = [
+            emb if m == 0 else emb.select(_align(ref.ids, emb, f"set {m}"))
+            for m, emb in enumerate(sets)
+        ]
+        head = merge_head_lists(
+            [e.head_labels for e in aligned], [e.head_scores for e in aligned], weights
+        )
+    return EmbeddingSet(ref.ids, out, ref.labels, *head)
+
+
+def merge_head_lists(
+    labels: Sequence[np.ndarray],
+    scores: Sequence[np.ndarray],
+    weights: Sequence[float] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One top-k list per row from the models' head top-k lists.
+
+    The exact ensemble head score of a class is the weighted mean of the models'
+    cosines to it; each model kept only its top ``k``. A class missing from a
+    model's list gets that model's ``k``-th cosine there (an upper bound on the
+    cosine it has), so a class one model ranks first and another just missed is
+    not sunk by a zero. With ``k`` = every class the result is exact.
+
+    Args:
+      labels: per model ``[N, k_m]`` int landmark ids, rows aligned across models.
+      scores: per model ``[N, k_m]`` float cosines, best first.
+      weights: per model positive weights (default 1 each).
+
+    Returns:
+      ``(labels [N, k], scores [N, k] float32)`` with ``k = min k_m``, best first;
+      equal scores are ordered by landmark id, ascending.
+    """
+    if not labels or len(labels) != len(scores):
+        raise ValueError(f"{len(labels)} head label lists and {len(scores)} score lists")
+    weights = np.ones(len(labels)) if weights is None else np.asarray(weights, np.float64)
+    if len(weights) != len(labels):
+        raise ValueError(f"{len(weights)} weights for {len(labels)} head lists")
+    labels = [np.asarray(x, np.int64) for x in labels]
+    scores = [np.asarray(x, np.float64) for x in scores]
+    k = min(x.shape[1] for x in labels)
+    cand = np.concatenate(labels, axis=1)  # [N, sum k_m] every class some model listed
+    merged = np.zeros(cand.shape, np.float64)
+    for lab, sc, w in zip(labels, scores, weights, strict=True):
+        hit = cand[:, :, None] == lab[:, None, :]  # [N, J, k_m]
+        found = hit.any(axis=2)
+        own = np.einsum("njk,nk->nj", hit, sc)
+        merged += w * np.where(found, own, sc[:, -1:])
+    merged /= weights.sum()
+    # A class listed by several models appears several times: keep its first copy.
+    dup = np.triu(cand[:, :, None] == cand[:, None, :], k=1).any(axis=1)
+    merged[dup] = -np.inf
+    order = np.lexsort((cand, -merged), axis=1)[:, :k]  # last key is primary
+    return (
+        np.take_along_axis(cand, order, 1),
+        np.take_along_axis(merged, order, 1).astype(np.float32),
+    )
 
 
 def _normalize_rows_(x: np.ndarray, eps: float = 1e-12, chunk: int = 65_536) -> None:

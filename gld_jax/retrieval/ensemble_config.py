@@ -2,7 +2,8 @@
 the runs of an ensemble, turned into the CLI's own flags.
 
 The config is a Python file with `get_config()` returning a ConfigDict with keys
-runs_root, fold, runs, weights, mode, num_neighbors, nonlandmark, solution (see
+runs_root, fold, runs, weights, mode, num_neighbors, sim_power, head_power,
+nonlandmark, solution (see
 configs/ensemble.py). `--config.key=value` overrides a key; plain flags given
 on the command line win over the config's.
 """
@@ -16,7 +17,18 @@ from collections.abc import Sequence
 
 import ml_collections
 
-KEYS = ("runs_root", "fold", "runs", "weights", "mode", "num_neighbors", "nonlandmark", "solution")
+KEYS = (
+    "runs_root",
+    "fold",
+    "runs",
+    "weights",
+    "mode",
+    "num_neighbors",
+    "sim_power",
+    "head_power",
+    "nonlandmark",
+    "solution",
+)
 
 
 def split_config_args(argv: Sequence[str]) -> tuple[str | None, dict[str, str], list[str]]:
@@ -93,6 +105,9 @@ def config_to_args(config: ml_collections.ConfigDict) -> list[str]:
     args += ["--queries", *(os.path.join(d, "test") for d in dirs)]
     args += ["--weights", *(str(w) for w in config.weights)]
     args += ["--mode", config.mode, "--num_neighbors", str(config.num_neighbors)]
+    for key in ("sim_power", "head_power"):
+        if key in config:
+            args += [f"--{key}", str(config[key])]
     if config.nonlandmark:
         args += ["--nonlandmark", *(os.path.join(d, config.nonlandmark) for d in dirs)]
     if config.solution:

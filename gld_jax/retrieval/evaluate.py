@@ -3,7 +3,7 @@
     python -m gld_jax.retrieval.evaluate \\
         --index runs/a/embeddings/train runs/b/embeddings/train \\
         --queries runs/a/embeddings/test runs/b/embeddings/test --weights 1 1 \\
-        --mode nonlandmark_rerank --nonlandmark nl_a.npz nl_b.npz \\
+        --mode blend_rerank --nonlandmark nl_a.npz nl_b.npz \\
         --solution data/recognition_solution_v2.1.csv --output submission.csv \\
         [--report report/ --tfrecord_dir runs/a/tfrecords] [--save_index DIR | --load_index DIR]
 
@@ -32,14 +32,21 @@ from gld_jax.retrieval.ensemble_config import (
     split_config_args,
 )
 from gld_jax.retrieval.index import NeighborIndex, build_scann_index, load_index
-from gld_jax.retrieval.predict import predict_knn_vote, predict_top1
+from gld_jax.retrieval.predict import (
+    predict_blend,
+    predict_head,
+    predict_knn_vote,
+    predict_top1,
+)
 from gld_jax.retrieval.rerank import nonlandmark_similarity, predict_nonlandmark_rerank
 from gld_jax.retrieval.submission import write_submission
 from gld_jax.utils import fs
 
 __all__ = ["Evaluation", "evaluate_retrieval", "load_ensemble", "main"]
 
-MODES = ("top1", "knn_vote", "nonlandmark_rerank")
+MODES = ("top1", "knn_vote", "nonlandmark_rerank", "head", "blend", "blend_rerank")
+HEAD_MODES = ("head", "blend", "blend_rerank")  # need the queries' head top-k lists
+RERANK_MODES = ("nonlandmark_rerank", "blend_rerank")  # need a non-landmark set
 _ROWS = "rows.npz"  # ids and labels of a saved index's rows
 _MEANS = "means.npz"  # per-model centring means of a saved index (--center)
 
@@ -88,26 +95,39 @@ def evaluate_retrieval(
     nonlandmark: EmbeddingSet | None = None,
     nonlandmark_neighbors: int = 10,
     index_params: dict | None = None,
+    sim_power: float = 9.0,
+    head_power: float = 10.0,
+    neighbors: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Evaluation:
     """Searches every query in the index and predicts a landmark per query.
 
     Args:
-      queries: ``[Q, D]`` L2-normalised query embeddings.
+      queries: ``[Q, D]`` L2-normalised query embeddings (with the head's top-k
+        lists for the modes ``head``, ``blend`` and ``blend_rerank``).
       index: labelled ``[N, D]`` embeddings (rows with label < 0 are dropped);
         or give a prebuilt ``searcher`` with its ``index_ids``/``index_labels``.
-      mode: ``top1``, ``knn_vote`` or ``nonlandmark_rerank``.
-      num_neighbors: k of the index search.
-      nonlandmark: ``[M, D]`` non-landmark embeddings (``nonlandmark_rerank`` only).
+      mode: one of :data:`MODES` (see the README's "Prediction modes").
+      num_neighbors: k of the index search (the blend's K).
+      nonlandmark: ``[M, D]`` non-landmark embeddings (the re-rank modes only).
       nonlandmark_neighbors: k of B and C (mean cosine to the k nearest non-landmarks).
       index_params: keyword overrides for :func:`build_scann_index`.
+      sim_power, head_power: the blend's exponents a and b.
+      neighbors: ``(rows [Q, k], sims [Q, k])`` of an earlier search of the same
+        queries in the same searcher, to score another mode without searching again.
 
     Returns:
       An :class:`Evaluation`.
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; known: {list(MODES)}")
-    if mode == "nonlandmark_rerank" and (nonlandmark is None or len(nonlandmark) == 0):
-        raise ValueError("mode nonlandmark_rerank needs a non-empty non-landmark set")
+    if mode in RERANK_MODES and (nonlandmark is None or len(nonlandmark) == 0):
+        raise ValueError(f"mode {mode} needs a non-empty non-landmark set")
+    if mode in HEAD_MODES and not queries.has_head:
+        raise ValueError(
+            f"mode {mode} needs the head's top-k lists in the query set: re-embed the "
+            "queries (python -m gld_jax.main --mode embed) or pick a mode without the head "
+            "(top1, knn_vote, nonlandmark_rerank)"
+        )
     timings: dict = {}
     if searcher is None:
         if index is None:
@@ -127,37 +147,38 @@ def evaluate_retrieval(
         raise ValueError(
             f"dim mismatch: index {searcher.dim}, queries {queries.embeddings.shape[1]}"
         )
-    t0 = time.perf_counter()
-    rows, sims = searcher.search(np.asarray(queries.embeddings, np.float32), num_neighbors)
-    timings["search_s"] = round(time.perf_counter() - t0, 3)
+    if neighbors is None:
+        t0 = time.perf_counter()
+        rows, sims = searcher.search(np.asarray(queries.embeddings, np.float32), num_neighbors)
+        timings["search_s"] = round(time.perf_counter() - t0, 3)
+    else:
+        rows, sims = neighbors
     nn_labels = np.asarray(index_labels)[rows]
+    if mode in RERANK_MODES:
+        t0 = time.perf_counter()
+        b, c = _nonlandmark_penalties(
+            searcher, rows, queries, nonlandmark, nonlandmark_neighbors, index_ids
+        )
+        timings["rerank_s"] = round(time.perf_counter() - t0, 3)
     if mode == "top1":
         labels, conf = predict_top1(nn_labels, sims)
     elif mode == "knn_vote":
         labels, conf = predict_knn_vote(nn_labels, sims)
+    elif mode == "nonlandmark_rerank":
+        labels, conf = predict_nonlandmark_rerank(nn_labels, sims, b, c)
+    elif mode == "head":
+        labels, conf = predict_head(queries.head_labels, queries.head_scores)
     else:
-        t0 = time.perf_counter()
-        nl_index = build_scann_index(np.asarray(nonlandmark.embeddings, np.float32))
-        # B only for the index rows that some query retrieved: the rest never matter.
-        used, inverse = np.unique(rows, return_inverse=True)
-        b_used = nonlandmark_similarity(
-            nl_index,
-            searcher.embeddings[used],
-            nonlandmark_neighbors,
-            ids=np.asarray(index_ids)[used],
-            nonlandmark_ids=nonlandmark.ids,
+        # The re-ranked score A - B - C of each neighbour in place of its cosine.
+        blend_sims = sims if mode == "blend" else np.clip(sims, 0.0, 1.0) - b - c[:, None]
+        labels, conf = predict_blend(
+            nn_labels,
+            blend_sims,
+            queries.head_labels,
+            queries.head_scores,
+            sim_power=sim_power,
+            head_power=head_power,
         )
-        c = nonlandmark_similarity(
-            nl_index,
-            queries.embeddings,
-            nonlandmark_neighbors,
-            ids=queries.ids,
-            nonlandmark_ids=nonlandmark.ids,
-        )
-        labels, conf = predict_nonlandmark_rerank(
-            nn_labels, sims, b_used[inverse.reshape(rows.shape)], c
-        )
-        timings["rerank_s"] = round(time.perf_counter() - t0, 3)
     return Evaluation(
         query_ids=queries.ids,
         query_labels=queries.labels,
@@ -169,6 +190,32 @@ def evaluate_retrieval(
         index_labels=np.asarray(index_labels, np.int64),
         timings=timings,
     )
+
+
+def _nonlandmark_penalties(
+    searcher: NeighborIndex,
+    rows: np.ndarray,
+    queries: EmbeddingSet,
+    nonlandmark: EmbeddingSet,
+    k: int,
+    index_ids: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(B [Q, k] of each retrieved index row, C [Q] of each query): mean cosines
+    to the k nearest non-landmark images (see gld_jax.retrieval.rerank)."""
+    nl_index = build_scann_index(np.asarray(nonlandmark.embeddings, np.float32))
+    # B only for the index rows that some query retrieved: the rest never matter.
+    used, inverse = np.unique(rows, return_inverse=True)
+    b_used = nonlandmark_similarity(
+        nl_index,
+        searcher.embeddings[used],
+        k,
+        ids=np.asarray(index_ids)[used],
+        nonlandmark_ids=nonlandmark.ids,
+    )
+    c = nonlandmark_similarity(
+        nl_index, queries.embeddings, k, ids=queries.ids, nonlandmark_ids=nonlandmark.ids
+    )
+    return b_used[inverse.reshape(rows.shape)], c
 
 
 def gap_scores(ev: Evaluation, solution_path: str) -> dict[str, float]:
@@ -196,8 +243,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--index", nargs="+", help="index embedding set per model (.npz or folder)")
     p.add_argument("--queries", nargs="+", required=True, help="query (test) set per model")
     p.add_argument("--weights", nargs="+", type=float, help="weight per model (default 1 each)")
-    p.add_argument("--mode", default="top1", choices=MODES)
+    p.add_argument("--mode", default="blend", choices=MODES, help="see README: Prediction modes")
     p.add_argument("--num_neighbors", type=int, default=5, help="k of the index search")
+    p.add_argument(
+        "--sim_power", type=float, default=9.0, help="blend: exponent a of each neighbour's cosine"
+    )
+    p.add_argument(
+        "--head_power", type=float, default=10.0, help="blend: exponent b of the head's cosine"
+    )
     p.add_argument("--nonlandmark", nargs="+", help="non-landmark embedding set per model")
     p.add_argument("--nonlandmark_neighbors", type=int, default=10, help="k of B and C")
     p.add_argument(
@@ -230,13 +283,15 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"{len(args.index)} --index sets but {n} --queries sets (one per model)")
     if args.weights is not None and len(args.weights) != n:
         raise ValueError(f"{len(args.weights)} --weights for {n} models")
-    if args.mode == "nonlandmark_rerank":
+    if args.mode in RERANK_MODES:
         if not args.nonlandmark:
-            raise ValueError("--mode nonlandmark_rerank needs --nonlandmark (one set per model)")
+            raise ValueError(f"--mode {args.mode} needs --nonlandmark (one set per model)")
         if len(args.nonlandmark) != n:
             raise ValueError(f"{len(args.nonlandmark)} --nonlandmark sets for {n} models")
     if args.num_neighbors < 1 or args.nonlandmark_neighbors < 1:
         raise ValueError("--num_neighbors and --nonlandmark_neighbors must be >= 1")
+    if args.sim_power < 0 or args.head_power < 0:
+        raise ValueError("--sim_power and --head_power must be >= 0")
     if args.report and not args.tfrecord_dir:
         raise ValueError("--report needs --tfrecord_dir (the images come from the TFRecords)")
     path_flags = ("index", "queries", "nonlandmark", "solution", "output", "report")
@@ -280,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         queries = load_ensemble(args.queries, args.weights, means)
         nonlandmark = (
             load_ensemble(args.nonlandmark, args.weights, means)
-            if args.mode == "nonlandmark_rerank"
+            if args.mode in RERANK_MODES
             else None
         )
         index_params = {
@@ -291,6 +346,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         common = dict(
             mode=args.mode,
             num_neighbors=args.num_neighbors,
+            sim_power=args.sim_power,
+            head_power=args.head_power,
             nonlandmark=nonlandmark,
             nonlandmark_neighbors=args.nonlandmark_neighbors,
         )

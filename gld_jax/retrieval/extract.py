@@ -7,14 +7,18 @@ writes one shard per host and nothing is gathered through one machine.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import numpy as np
+from flax import nnx
 from jax.sharding import Mesh
 
 from gld_jax.retrieval.embeddings import EmbeddingSet
+from gld_jax.retrieval.head_topk import sharded_head_top_k
 from gld_jax.train import mesh as mesh_lib
 from gld_jax.train.state import split_model
-from gld_jax.train.step import make_embed_step
+from gld_jax.train.step import embed_fn, make_embed_step
 from gld_jax.utils.progress import progress_bar
 
 
@@ -32,10 +36,28 @@ def process_local_rows(x: jax.Array) -> np.ndarray:
     return np.concatenate(rows)
 
 
-class Embedder:
-    """Compiles the eval-mode embedding step once per model and image size."""
+def _embed_and_head_fn(params, batch_stats, images, *, graphdef, rng_state, k, mesh):
+    emb = embed_fn(params, batch_stats, images, graphdef=graphdef, rng_state=rng_state)
+    head = nnx.merge(graphdef, params, batch_stats, rng_state).head
+    rows = jax.lax.with_sharding_constraint(emb, mesh_lib.head_input_sharding(mesh))
+    scores, classes = sharded_head_top_k(
+        rows, head.centers[...], k=k, num_valid_classes=head.num_classes, mesh=mesh
+    )
+    return emb, scores, classes
 
-    def __init__(self, model, mesh: Mesh):
+
+class Embedder:
+    """Compiles the eval-mode embedding step once per model and image size.
+
+    With ``head_k > 0`` the step also scores each image against the classifier
+    head, class-sharded (see :mod:`gld_jax.retrieval.head_topk`), and the sets it
+    returns carry the top ``head_k`` classes as landmark ids
+    (``head_landmark_ids[class]``) with their cosines.
+    """
+
+    def __init__(
+        self, model, mesh: Mesh, *, head_k: int = 0, head_landmark_ids: np.ndarray | None = None
+    ):
         model.eval()
         graphdef, params, stats, rng_state = split_model(model)
         model.train()
@@ -44,13 +66,34 @@ class Embedder:
         s_sh = mesh_lib.tree_shardings(stats, mesh)
         self._params = jax.device_put(params, p_sh)
         self._stats = jax.device_put(stats, s_sh)
-        self._step = make_embed_step(
-            graphdef=graphdef,
-            rng_state=rng_state,
-            mesh=mesh,
-            params_sharding=p_sh,
-            stats_sharding=s_sh,
-        )
+        self._head_k = head_k
+        if head_k > 0:
+            num_classes = model.head.num_classes
+            if head_landmark_ids is None or len(head_landmark_ids) != num_classes:
+                raise ValueError(
+                    f"the head has {num_classes} classes: give their {num_classes} landmark ids"
+                )
+            self._landmark_ids = np.asarray(head_landmark_ids, np.int64)
+            rows = mesh_lib.batch_sharding(mesh)
+            self._step = jax.jit(
+                functools.partial(
+                    _embed_and_head_fn,
+                    graphdef=graphdef,
+                    rng_state=rng_state,
+                    k=min(head_k, num_classes),
+                    mesh=mesh,
+                ),
+                in_shardings=(p_sh, s_sh, rows),
+                out_shardings=(rows, rows, rows),
+            )
+        else:
+            self._step = make_embed_step(
+                graphdef=graphdef,
+                rng_state=rng_state,
+                mesh=mesh,
+                params_sharding=p_sh,
+                stats_sharding=s_sh,
+            )
 
     def __call__(
         self, dataset, *, total: int | None = None, desc: str = "embed"
@@ -66,8 +109,14 @@ class Embedder:
         bar = progress_bar(total=total, desc=desc, unit="img", enabled=jax.process_index() == 0)
         for batch in dataset.as_numpy_iterator():
             images = jax.make_array_from_process_local_data(sharding, batch["image"])
-            emb = process_local_rows(self._step(self._params, self._stats, images))
+            out = self._step(self._params, self._stats, images)
             keep = batch["mask"].astype(bool)
+            if self._head_k > 0:
+                emb, scores, classes = (process_local_rows(x) for x in out)
+                rows.setdefault("head_scores", []).append(scores[keep])
+                rows.setdefault("head_labels", []).append(self._landmark_ids[classes[keep]])
+            else:
+                emb = process_local_rows(out)
             rows.setdefault("embeddings", []).append(emb[keep])
             for key, value in batch.items():
                 if key not in ("image", "mask"):
@@ -81,5 +130,7 @@ class Embedder:
             ids=cols.pop("id").astype(str),
             embeddings=cols.pop("embeddings"),
             labels=cols.pop("landmark_id").astype(np.int64),
+            head_labels=cols.pop("head_labels", None),
+            head_scores=cols.pop("head_scores", None),
         )
         return emb_set, cols

@@ -42,12 +42,18 @@ class TrainingDiverged(RuntimeError):
 class TrainResult:
     model: LandmarkModel
     plans: list[StagePlan]
-    validation_gap: list[float]  # one per stage trained in this run (nan when skipped)
+    # One {method: GAP} per stage trained in this run (see validate_fn).
+    validation: list[dict[str, float]]
     steps_run: int
     train_seconds: float
     global_step: int  # global step reached
     complete: bool  # every stage finished
     history: list[dict] = dataclasses.field(default_factory=list)  # logged metrics
+
+    @property
+    def validation_gap(self) -> list[float]:
+        """The first method's GAP per stage (nan when validation was skipped)."""
+        return [next(iter(v.values()), float("nan")) for v in self.validation]
 
 
 def stage_label_info(tfrecord_dir: str, config) -> tuple[dict[str, int], dict[str, int]]:
@@ -141,7 +147,7 @@ def train(
     """Trains every stage of `config` not yet done in `workdir`.
 
     Args:
-      validate_fn: optional `f(model, plan) -> GAP` called after each stage.
+      validate_fn: optional `f(model, plan) -> {method: GAP}` called after each stage.
       stop_after_steps: stop (after checkpointing) once this many steps ran in
         this call; used by tests and to split long jobs.
     """
@@ -210,7 +216,7 @@ def _train_stages(
     # ---- model ---------------------------------------------------------------
     model = build_model(config.model, plans[start_stage].num_classes, seed=config.seed)
     run_key = jax.random.key(config.seed)
-    gaps: list[float] = []
+    gaps: list[dict[str, float]] = []
     history: list[dict] = []
     steps_run, t_train = 0, 0.0
 
@@ -305,10 +311,15 @@ def _train_stages(
                 model, plans, gaps, steps_run, t_train, plan.first_step + step_done, False, history
             )
         if validate_fn is not None:
-            gap = float(validate_fn(model, plan))
-            gaps.append(gap)
-            writer.scalars(plan.last_step, {"gap": gap}, prefix=f"val/stage{plan.index}")
-            log.info("stage %d validation GAP %.4f", plan.index, gap)
+            result = validate_fn(model, plan)
+            gaps.append({k: float(v) for k, v in result.items()})
+            writer.scalars(
+                plan.last_step,
+                {f"gap_{k}": v for k, v in gaps[-1].items()},
+                prefix=f"val/stage{plan.index}",
+            )
+            for method, gap in gaps[-1].items():
+                log.info("stage %d validation GAP (%s) %.4f", plan.index, method, gap)
 
     return TrainResult(model, plans, gaps, steps_run, t_train, plans[-1].last_step, True, history)
 
