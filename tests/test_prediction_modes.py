@@ -27,7 +27,8 @@ def blend_reference(nn_labels, nn_sims, head_labels, head_scores, a, b, floor=1e
         score, first = {}, {}
         for j, (lab, sim) in enumerate(zip(nn_labels[q], nn_sims[q], strict=False)):
             lab = int(lab)
-            contrib = np.sign(sim) * abs(float(sim)) ** a * head.get(lab, floor) ** b
+            sim = float(sim)  # float64: floor^b = 1e-80 underflows float32
+            contrib = np.sign(sim) * abs(sim) ** a * head.get(lab, floor) ** b
             score[lab] = score.get(lab, 0.0) + contrib
             first.setdefault(lab, j)
         best = max(score, key=lambda c: (score[c], -first[c]))
@@ -250,3 +251,39 @@ def test_cli_blend_on_an_ensemble_of_saved_sets_with_head_lists(tmp_path, capsys
     assert main([*bad, "--output", str(tmp_path / "x.csv")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "top1" in err
+
+
+def test_blend_rerank_matches_a_brute_force_reference():
+    """blend_rerank = the blend over clamp(cos, 0, 1) - B(neighbour) - C(query), B and
+    C the mean cosine to the k nearest non-landmarks, all by brute force here."""
+    rng = np.random.default_rng(7)
+
+    def unit(n, d=8):
+        x = rng.normal(size=(n, d)).astype(np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    index = EmbeddingSet(np.array([f"i{i}" for i in range(50)]), unit(50), rng.integers(0, 6, 50))
+    nl = EmbeddingSet(np.array([f"n{i}" for i in range(9)]), unit(9), np.full(9, -1))
+    head_l = np.stack([rng.permutation(6)[:3] for _ in range(15)])
+    head_s = -np.sort(-rng.uniform(0.1, 1, (15, 3)), axis=1).astype(np.float32)
+    q = EmbeddingSet(
+        np.array([f"q{i}" for i in range(15)]), unit(15), np.full(15, -1), head_l, head_s
+    )
+    ev = evaluate_retrieval(
+        q, index=index, mode="blend_rerank", nonlandmark=nl, nonlandmark_neighbors=3
+    )
+
+    def mean_top3(x):
+        return np.sort(x @ nl.embeddings.T, axis=1)[:, ::-1][:, :3].mean(axis=1)
+
+    sims = q.embeddings @ index.embeddings.T
+    rows = np.argsort(-sims, axis=1, kind="stable")[:, :5]
+    nn_sims = np.take_along_axis(sims, rows, 1)
+    adjusted = (
+        np.clip(nn_sims, 0, 1)
+        - mean_top3(index.embeddings)[rows]
+        - mean_top3(q.embeddings)[:, None]
+    )
+    ref_labels, ref_conf = blend_reference(index.labels[rows], adjusted, head_l, head_s, 9, 10)
+    np.testing.assert_array_equal(ev.labels, ref_labels)
+    np.testing.assert_allclose(ev.confidences, ref_conf, rtol=1e-4, atol=1e-7)
