@@ -48,16 +48,29 @@ def _bytes(value: bytes) -> tf.train.Feature:
     return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
 
 
-def make_example(*, encoded: bytes, image_id: str, class_index: int, landmark_id: int,
-                 height: int, width: int, fold: int, clean: bool) -> tf.train.Example:
+def make_example(
+    *,
+    encoded: bytes,
+    image_id: str,
+    class_index: int,
+    landmark_id: int,
+    height: int,
+    width: int,
+    fold: int,
+    clean: bool,
+) -> tf.train.Example:
     """Builds the Example of one image in the schema above (height/width in pixels)."""
-    return tf.train.Example(features=tf.train.Features(feature={
-        ENCODED: _bytes(encoded),
-        ID: _bytes(image_id.encode("ascii")),
-        CLASS: _int64(class_index),
-        LANDMARK_ID: _int64(landmark_id),
-        HEIGHT: _int64(height),
-        WIDTH: _int64(width),
-        FOLD: _int64(fold),
-        CLEAN: _int64(1 if clean else 0),
-    }))
+    return tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                ENCODED: _bytes(encoded),
+                ID: _bytes(image_id.encode("ascii")),
+                CLASS: _int64(class_index),
+                LANDMARK_ID: _int64(landmark_id),
+                HEIGHT: _int64(height),
+                WIDTH: _int64(width),
+                FOLD: _int64(fold),
+                CLEAN: _int64(1 if clean else 0),
+            }
+        )
+    )

@@ -33,21 +33,31 @@ def feature_spec(class_names: list[str]):
     import tensorflow_datasets as tfds
 
     f = tfds.features
-    return f.FeaturesDict({"image": f.FeaturesDict({
-        "encoded": f.Image(shape=(None, None, 3), encoding_format="jpeg"),
-        "id": f.Text(),
-        "class": f.ClassLabel(names=class_names),
-        "landmark_id": f.Scalar(dtype=tf.int64),
-        "height": f.Scalar(dtype=tf.int64),
-        "width": f.Scalar(dtype=tf.int64),
-        "fold": f.Scalar(dtype=tf.int64),
-        "clean": f.Scalar(dtype=tf.int64),
-    })})
+    return f.FeaturesDict(
+        {
+            "image": f.FeaturesDict(
+                {
+                    "encoded": f.Image(shape=(None, None, 3), encoding_format="jpeg"),
+                    "id": f.Text(),
+                    "class": f.ClassLabel(names=class_names),
+                    "landmark_id": f.Scalar(dtype=tf.int64),
+                    "height": f.Scalar(dtype=tf.int64),
+                    "width": f.Scalar(dtype=tf.int64),
+                    "fold": f.Scalar(dtype=tf.int64),
+                    "clean": f.Scalar(dtype=tf.int64),
+                }
+            )
+        }
+    )
 
 
-def write_tfds_metadata(output_dir: str, splits: dict[str, list[int]],
-                        num_bytes: dict[str, int], class_names: list[str],
-                        description: str) -> None:
+def write_tfds_metadata(
+    output_dir: str,
+    splits: dict[str, list[int]],
+    num_bytes: dict[str, int],
+    class_names: list[str],
+    description: str,
+) -> None:
     """Writes dataset_info.json and features.json into output_dir.
 
     Args:
@@ -64,28 +74,46 @@ def write_tfds_metadata(output_dir: str, splits: dict[str, list[int]],
     with tempfile.TemporaryDirectory(prefix="gldjax-tfds-") as scratch:
         _write_local(scratch, splits, num_bytes, class_names, description)
         for name in sorted(os.listdir(scratch)):
-            tf.io.gfile.copy(os.path.join(scratch, name), os.path.join(output_dir, name),
-                             overwrite=True)
+            tf.io.gfile.copy(
+                os.path.join(scratch, name), os.path.join(output_dir, name), overwrite=True
+            )
 
 
-def _write_local(output_dir: str, splits: dict[str, list[int]], num_bytes: dict[str, int],
-                 class_names: list[str], description: str) -> None:
+def _write_local(
+    output_dir: str,
+    splits: dict[str, list[int]],
+    num_bytes: dict[str, int],
+    class_names: list[str],
+    description: str,
+) -> None:
     """What tfds.folder_dataset.write_metadata does, minus listing the (remote) shards."""
     import tensorflow_datasets as tfds
     from tensorflow_datasets.core import dataset_info, file_adapters, naming
 
     template = naming.ShardedFileTemplate(
-        data_dir=output_dir, template=FILENAME_TEMPLATE, dataset_name=DATASET_NAME,
-        filetype_suffix="tfrecord")
+        data_dir=output_dir,
+        template=FILENAME_TEMPLATE,
+        dataset_name=DATASET_NAME,
+        filetype_suffix="tfrecord",
+    )
     identity = dataset_info.DatasetIdentity(
-        name=DATASET_NAME, version=tfds.core.Version(VERSION), data_dir=output_dir,
-        module_name="")
-    info = dataset_info.DatasetInfo(builder=identity, features=feature_spec(class_names),
-                                    description=description)
+        name=DATASET_NAME, version=tfds.core.Version(VERSION), data_dir=output_dir, module_name=""
+    )
+    info = dataset_info.DatasetInfo(
+        builder=identity, features=feature_spec(class_names), description=description
+    )
     info.set_file_format(file_adapters.FileFormat.TFRECORD)
-    info.set_splits(tfds.core.SplitDict([
-        tfds.core.SplitInfo(name=name, shard_lengths=list(lengths),
-                            num_bytes=int(num_bytes[name]),
-                            filename_template=template.replace(split=name))
-        for name, lengths in splits.items()]))
+    info.set_splits(
+        tfds.core.SplitDict(
+            [
+                tfds.core.SplitInfo(
+                    name=name,
+                    shard_lengths=list(lengths),
+                    num_bytes=int(num_bytes[name]),
+                    filename_template=template.replace(split=name),
+                )
+                for name, lengths in splits.items()
+            ]
+        )
+    )
     info.write_to_directory(output_dir)

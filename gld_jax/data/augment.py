@@ -102,8 +102,9 @@ def dct_ratio(height: tf.Tensor, width: tf.Tensor, size: int) -> tf.Tensor:
     return ratio
 
 
-def decode_window(encoded: tf.Tensor, window: tf.Tensor, size: int,
-                  dct_scaling: bool = True) -> tf.Tensor:
+def decode_window(
+    encoded: tf.Tensor, window: tf.Tensor, size: int, dct_scaling: bool = True
+) -> tf.Tensor:
     """Decodes the crop window (y, x, h, w) in pixels of a JPEG to uint8 [h', w', 3].
 
     With dct_scaling the window is decoded at 1/r of its size (r = dct_ratio(h, w, size)),
@@ -117,20 +118,35 @@ def decode_window(encoded: tf.Tensor, window: tf.Tensor, size: int,
 
     def branch(r: int):
         def decode() -> tf.Tensor:
-            scaled = tf.stack([window[0] // r, window[1] // r,
-                               tf.maximum(1, window[2] // r), tf.maximum(1, window[3] // r)])
-            return tf.raw_ops.DecodeAndCropJpeg(contents=encoded, crop_window=scaled,
-                                                channels=3, ratio=r)
+            scaled = tf.stack(
+                [
+                    window[0] // r,
+                    window[1] // r,
+                    tf.maximum(1, window[2] // r),
+                    tf.maximum(1, window[3] // r),
+                ]
+            )
+            return tf.raw_ops.DecodeAndCropJpeg(
+                contents=encoded, crop_window=scaled, channels=3, ratio=r
+            )
+
         return decode
 
     index = tf.cast(tf.round(tf.math.log(tf.cast(ratio, tf.float32)) / math.log(2.0)), tf.int32)
     return tf.switch_case(index, [branch(r) for r in _DCT_RATIOS])
 
 
-def decode_with_random_crop(encoded: tf.Tensor, height: tf.Tensor, width: tf.Tensor,
-                            seed: tf.Tensor, prob: float, area: tuple[float, float],
-                            aspect: tuple[float, float], size: int = 0,
-                            dct_scaling: bool = False) -> tf.Tensor:
+def decode_with_random_crop(
+    encoded: tf.Tensor,
+    height: tf.Tensor,
+    width: tf.Tensor,
+    seed: tf.Tensor,
+    prob: float,
+    area: tuple[float, float],
+    aspect: tuple[float, float],
+    size: int = 0,
+    dct_scaling: bool = False,
+) -> tf.Tensor:
     """Decodes JPEG bytes to uint8 [h, w, 3], with probability `prob` only a random crop.
 
     height/width are the stored JPEG's (from the record), so the crop window is chosen
@@ -254,8 +270,15 @@ def augment_train_image(
     """
     seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
     image = decode_with_random_crop(
-        encoded, height, width, seeds[0], config.crop_prob, config.crop_area, config.crop_aspect,
-        size=image_size, dct_scaling=dct_scaling,
+        encoded,
+        height,
+        width,
+        seeds[0],
+        config.crop_prob,
+        config.crop_area,
+        config.crop_aspect,
+        size=image_size,
+        dct_scaling=dct_scaling,
     )
     image = resize_square(image, image_size)
     image = random_flip(image, seeds[1], config.flip_prob)
@@ -271,8 +294,7 @@ def augment_train_image(
     return tf.ensure_shape(image, [image_size, image_size, 3])
 
 
-def decode_eval_image(encoded: tf.Tensor, image_size: int, dct_scaling: bool = True
-                      ) -> tf.Tensor:
+def decode_eval_image(encoded: tf.Tensor, image_size: int, dct_scaling: bool = True) -> tf.Tensor:
     """Decode one JPEG and resize it (no crop) to uint8 [image_size, image_size, 3].
 
     With dct_scaling a source at least 2x image_size is decoded at 1/2, 1/4 or 1/8 scale

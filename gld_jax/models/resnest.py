@@ -103,8 +103,7 @@ def max_pool_3x3_s2(x: jax.Array) -> jax.Array:
 def avg_pool_3x3(x: jax.Array, stride: int) -> jax.Array:
     """torch AvgPool2d(3, stride, padding=1) (zero padding counted: always / 9)."""
     pads = ((0, 0), (1, 1), (1, 1), (0, 0))
-    s = lax.reduce_window(x, 0.0, lax.add, (1, 3, 3, 1),
-                          (1, stride, stride, 1), pads)
+    s = lax.reduce_window(x, 0.0, lax.add, (1, 3, 3, 1), (1, stride, stride, 1), pads)
     return s / jnp.asarray(9, x.dtype)
 
 
@@ -144,14 +143,22 @@ class SplitAttention(nnx.Module):
         self.out_features = out_features
         attn = make_divisible(in_features * radix * 0.25, 8, min_value=32)
         conv = dict(dtype=dtype, impl=conv_impl, rngs=rngs)
-        self.conv = Conv2d(in_features, out_features * radix, 3, strides=strides,
-                           padding=((1, 1), (1, 1)), groups=radix, kernel_init=_he_fan_out,
-                           **conv)
+        self.conv = Conv2d(
+            in_features,
+            out_features * radix,
+            3,
+            strides=strides,
+            padding=((1, 1), (1, 1)),
+            groups=radix,
+            kernel_init=_he_fan_out,
+            **conv,
+        )
         self.bn0 = _bn(out_features * radix, dtype, rngs)
         self.fc1 = Conv2d(out_features, attn, 1, use_bias=True, kernel_init=_he_fan_out, **conv)
         self.bn1 = _bn(attn, dtype, rngs)
-        self.fc2 = Conv2d(attn, out_features * radix, 1, use_bias=True,
-                          kernel_init=_he_fan_out, **conv)
+        self.fc2 = Conv2d(
+            attn, out_features * radix, 1, use_bias=True, kernel_init=_he_fan_out, **conv
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """[N,H,W,Cin] -> [N,H/s,W/s,Cout]."""
@@ -159,8 +166,7 @@ class SplitAttention(nnx.Module):
         n, h, w, _ = x.shape
         # torch splits channels radix-major: channel r * Cout + c.
         splits = x.reshape(n, h, w, self.radix, self.out_features)
-        gap = jnp.mean(jnp.sum(splits, axis=3) if self.radix > 1 else x, axis=(1, 2),
-                       keepdims=True)
+        gap = jnp.mean(jnp.sum(splits, axis=3) if self.radix > 1 else x, axis=(1, 2), keepdims=True)
         a = self.fc2(jax.nn.relu(self.bn1(self.fc1(gap))))  # [N,1,1,radix*Cout]
         if self.radix > 1:
             a = jax.nn.softmax(a.reshape(n, 1, 1, self.radix, self.out_features), axis=3)
@@ -192,8 +198,9 @@ class ResNeStBottleneck(nnx.Module):
         self.avd_stride = strides if strides > 1 else 0
         self.conv1 = Conv2d(in_features, width, 1, **conv)
         self.bn1 = _bn(width, dtype, rngs)
-        self.conv2 = SplitAttention(width, width, strides=1, radix=radix, dtype=dtype,
-                                    conv_impl=conv_impl, rngs=rngs)
+        self.conv2 = SplitAttention(
+            width, width, strides=1, radix=radix, dtype=dtype, conv_impl=conv_impl, rngs=rngs
+        )
         self.conv3 = Conv2d(width, out, 1, **conv)
         self.bn3 = _bn(out, dtype, rngs)
         self.down_stride = strides
@@ -292,11 +299,16 @@ class ResNeSt(nnx.Module):
                 first = j == 0
                 blocks.append(
                     ResNeStBottleneck(
-                        in_features, planes,
+                        in_features,
+                        planes,
                         strides=stride if first else 1,
                         downsample=first and (stride != 1 or in_features != planes * EXPANSION),
-                        radix=a.radix, base_width=a.base_width, drop_rate=rate,
-                        dtype=dtype, conv_impl=conv_impl, rngs=rngs,
+                        radix=a.radix,
+                        base_width=a.base_width,
+                        drop_rate=rate,
+                        dtype=dtype,
+                        conv_impl=conv_impl,
+                        rngs=rngs,
                     )
                 )
                 in_features = planes * EXPANSION

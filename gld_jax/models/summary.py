@@ -34,9 +34,9 @@ def backbone_summary(name: str, image_size: int | None = None) -> dict:
         raise ValueError(f"--image_size must be >= 32 pixels, got {size}")
     # lax convs everywhere: the standard op count, whatever form CPU would run.
     model = nnx.eval_shape(
-        lambda: create_backbone(
-            name, rngs=traceable_rngs(0), drop_path_rate=0.0, conv_impl="lax"
-        )[0]
+        lambda: create_backbone(name, rngs=traceable_rngs(0), drop_path_rate=0.0, conv_impl="lax")[
+            0
+        ]
     )
     model.eval()
     graphdef, state = nnx.split(model)
@@ -63,11 +63,16 @@ def backbone_summary(name: str, image_size: int | None = None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gld_jax.models.summary",
-                                     description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m gld_jax.models.summary", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--model", required=True, help=f"one of: {', '.join(backbone_names())}")
-    parser.add_argument("--image_size", type=int, default=None,
-                        help="square input size in pixels (default: the model's resolution)")
+    parser.add_argument(
+        "--image_size",
+        type=int,
+        default=None,
+        help="square input size in pixels (default: the model's resolution)",
+    )
     args = parser.parse_args(argv)
     try:
         summary = backbone_summary(args.model, args.image_size)

@@ -59,12 +59,21 @@ def _efficientnet_targets(model: EfficientNet) -> Targets:
         stage, index = int(name[5:-1]) - 1, ord(name[-1]) - ord("a")  # 'block2b' -> 1, 1
         p = f"blocks.{stage}.{index}"
         if block.expand_conv is None:  # timm DepthwiseSeparableConv
-            parts = {"conv_dw": block.dwconv, "bn1": block.bn, "conv_pw": block.project_conv,
-                     "bn2": block.project_bn}
+            parts = {
+                "conv_dw": block.dwconv,
+                "bn1": block.bn,
+                "conv_pw": block.project_conv,
+                "bn2": block.project_bn,
+            }
         else:  # timm InvertedResidual
-            parts = {"conv_pw": block.expand_conv, "bn1": block.expand_bn,
-                     "conv_dw": block.dwconv, "bn2": block.bn,
-                     "conv_pwl": block.project_conv, "bn3": block.project_bn}
+            parts = {
+                "conv_pw": block.expand_conv,
+                "bn1": block.expand_bn,
+                "conv_dw": block.dwconv,
+                "bn2": block.bn,
+                "conv_pwl": block.project_conv,
+                "bn3": block.project_bn,
+            }
         if block.se_reduce is not None:
             parts["se.conv_reduce"] = block.se_reduce
             parts["se.conv_expand"] = block.se_expand
@@ -75,18 +84,30 @@ def _efficientnet_targets(model: EfficientNet) -> Targets:
 
 def _resnest_targets(model: ResNeSt) -> Targets:
     t: Targets = {}
-    stem = {"conv1.0": model.stem_conv1, "conv1.1": model.stem_bn1,
-            "conv1.3": model.stem_conv2, "conv1.4": model.stem_bn2,
-            "conv1.6": model.stem_conv3, "bn1": model.stem_bn3}
+    stem = {
+        "conv1.0": model.stem_conv1,
+        "conv1.1": model.stem_bn1,
+        "conv1.3": model.stem_conv2,
+        "conv1.4": model.stem_bn2,
+        "conv1.6": model.stem_conv3,
+        "bn1": model.stem_bn3,
+    }
     for key, module in stem.items():
         t.update(_module_targets(key, module))
     for s, stage in enumerate(model.stages):
         for i, block in enumerate(stage):
             p = f"layer{s + 1}.{i}"
-            parts = {"conv1": block.conv1, "bn1": block.bn1, "conv2.conv": block.conv2.conv,
-                     "conv2.bn0": block.conv2.bn0, "conv2.fc1": block.conv2.fc1,
-                     "conv2.bn1": block.conv2.bn1, "conv2.fc2": block.conv2.fc2,
-                     "conv3": block.conv3, "bn3": block.bn3}
+            parts = {
+                "conv1": block.conv1,
+                "bn1": block.bn1,
+                "conv2.conv": block.conv2.conv,
+                "conv2.bn0": block.conv2.bn0,
+                "conv2.fc1": block.conv2.fc1,
+                "conv2.bn1": block.conv2.bn1,
+                "conv2.fc2": block.conv2.fc2,
+                "conv3": block.conv3,
+                "bn3": block.bn3,
+            }
             if block.downsample_conv is not None:
                 parts["downsample.1"] = block.downsample_conv
                 parts["downsample.2"] = block.downsample_bn
@@ -118,8 +139,9 @@ def assign_weights(targets: Targets, source: dict[str, np.ndarray], what: str) -
         value = np.asarray(source[name])
         value = convert(value) if convert is not None else value
         if value.shape != var.shape:
-            mismatched.append(f"{name}: source {source[name].shape} -> {value.shape}, "
-                              f"ours {var.shape}")
+            mismatched.append(
+                f"{name}: source {source[name].shape} -> {value.shape}, ours {var.shape}"
+            )
         converted[name] = value
     if missing or unexpected or mismatched:
         raise ValueError(

@@ -34,7 +34,8 @@ def _windows(xp, kh, kw, strides, ho, wo):
     for i in range(kh):
         for j in range(kw):
             yield lax.slice(
-                xp, (0, i, j, 0),
+                xp,
+                (0, i, j, 0),
                 (xp.shape[0], i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, xp.shape[3]),
                 (1, sh, sw, 1),
             )
@@ -83,10 +84,18 @@ def _dx_lax(x, g, kernel, strides, pads):
     ho, wo = g.shape[1:3]
     extra_h = x.shape[1] + pt + pb - (sh * (ho - 1) + kh)
     extra_w = x.shape[2] + pl + pr - (sw * (wo - 1) + kw)
-    gp = lax.pad(g, jnp.zeros((), g.dtype), ((0, 0, 0), (kh - 1, kh - 1 + extra_h, sh - 1),
-                                            (kw - 1, kw - 1 + extra_w, sw - 1), (0, 0, 0)))
+    gp = lax.pad(
+        g,
+        jnp.zeros((), g.dtype),
+        (
+            (0, 0, 0),
+            (kh - 1, kh - 1 + extra_h, sh - 1),
+            (kw - 1, kw - 1 + extra_w, sw - 1),
+            (0, 0, 0),
+        ),
+    )
     dxp = _conv_lax(gp, kernel[::-1, ::-1], (1, 1), ((0, 0), (0, 0)), g.shape[-1])
-    return dxp[:, pt:pt + x.shape[1], pl:pl + x.shape[2], :]
+    return dxp[:, pt : pt + x.shape[1], pl : pl + x.shape[2], :]
 
 
 def _dx_phases(x, g, kernel, strides, pads):
@@ -120,14 +129,17 @@ def _dx_phases(x, g, kernel, strides, pads):
         phases.append(jnp.stack(row, axis=3))  # [n, qh, qw, sw, c]
     full = jnp.stack(phases, axis=2)  # [n, qh, sh, qw, sw, c]
     full = full.reshape(n, qh * sh, qw * sw, c)
-    return full[:, pt:pt + x.shape[1], pl:pl + x.shape[2], :]
+    return full[:, pt : pt + x.shape[1], pl : pl + x.shape[2], :]
 
 
 def make(fwd: str, dx: str, dk: str, barrier: bool):
-    dx_fn = {"autodiff": _dx_autodiff, "flipped": _dx_flipped, "lax": _dx_lax,
-             "phases": _dx_phases}[dx]
-    dk_fn = {"map": _dk_map, "unrolled": _dk_unrolled, "rows": _dk_rows,
-             "stacked": _dk_stacked}[dk]
+    dx_fn = {
+        "autodiff": _dx_autodiff,
+        "flipped": _dx_flipped,
+        "lax": _dx_lax,
+        "phases": _dx_phases,
+    }[dx]
+    dk_fn = {"map": _dk_map, "unrolled": _dk_unrolled, "rows": _dk_rows, "stacked": _dk_stacked}[dk]
 
     def forward(x, kernel, strides, pads):
         if barrier:
@@ -160,8 +172,9 @@ def _head_layers():
     import types
 
     repo = os.path.join(os.path.dirname(__file__), "..", "..")
-    res = subprocess.run(["git", "show", "HEAD:gld_jax/models/layers.py"], cwd=repo,
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        ["git", "show", "HEAD:gld_jax/models/layers.py"], cwd=repo, capture_output=True, text=True
+    )
     if res.returncode != 0:
         return None
     mod = types.ModuleType("layers_head")
@@ -215,9 +228,12 @@ _pw_custom.defvjp(_pw_custom_fwd, _pw_custom_bwd)
 
 PW_VARIANTS = {"einsum custom dW": _pw_custom}
 if _HEAD is not None:
-    VARIANTS = {"HEAD conv2d einsum_shift": lambda x, w, s, p: _HEAD.conv2d(
-        x, w, strides=s, padding=p, feature_group_count=x.shape[-1], impl="einsum_shift"),
-        **VARIANTS}
+    VARIANTS = {
+        "HEAD conv2d einsum_shift": lambda x, w, s, p: _HEAD.conv2d(
+            x, w, strides=s, padding=p, feature_group_count=x.shape[-1], impl="einsum_shift"
+        ),
+        **VARIANTS,
+    }
 
 
 def _pw_matmul(x, w):

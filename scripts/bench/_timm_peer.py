@@ -25,8 +25,7 @@ import torch.nn.functional as F  # noqa: E402
 class Landmark(torch.nn.Module):
     def __init__(self, backbone, num_classes, k, dim):
         super().__init__()
-        self.backbone = timm.create_model(backbone, pretrained=False, num_classes=0,
-                                          global_pool="")
+        self.backbone = timm.create_model(backbone, pretrained=False, num_classes=0, global_pool="")
         c = self.backbone.num_features
         self.p = torch.nn.Parameter(torch.ones(1) * 3.0)
         self.linear = torch.nn.Linear(c, dim)
@@ -58,8 +57,9 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--channels_last", action="store_true")
-    ap.add_argument("--amp", action="store_true",
-                    help="bfloat16 autocast (the usual mixed precision on GPU)")
+    ap.add_argument(
+        "--amp", action="store_true", help="bfloat16 autocast (the usual mixed precision on GPU)"
+    )
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -92,12 +92,21 @@ def main():
         times.append(time.perf_counter() - t)
     times.sort()
     median = times[len(times) // 2]
-    print(json.dumps({"peer": f"timm {a.model}", "torch": torch.__version__,
-                      "timm": timm.__version__, "threads": torch.get_num_threads(),
-                      "channels_last": a.channels_last, "amp": a.amp,
-                      "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-                      "step_s_median": round(median, 4),
-                      "images_per_s": round(a.batch_size / median, 2)}))
+    print(
+        json.dumps(
+            {
+                "peer": f"timm {a.model}",
+                "torch": torch.__version__,
+                "timm": timm.__version__,
+                "threads": torch.get_num_threads(),
+                "channels_last": a.channels_last,
+                "amp": a.amp,
+                "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+                "step_s_median": round(median, 4),
+                "images_per_s": round(a.batch_size / median, 2),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -42,8 +42,11 @@ def _ceiling(paths: list[str], max_side: int | None) -> dict[str, float]:
             rgb = im.convert("RGB")
         if max_side is not None:
             scale = max_side / max(rgb.size)
-            rgb = rgb.resize((round(rgb.width * scale), round(rgb.height * scale)),
-                             Image.Resampling.BICUBIC, reducing_gap=3.0)
+            rgb = rgb.resize(
+                (round(rgb.width * scale), round(rgb.height * scale)),
+                Image.Resampling.BICUBIC,
+                reducing_gap=3.0,
+            )
         rgb.save(io.BytesIO(), "JPEG", quality=95)
     return {"pil_decode": decode, "pil_decode_encode": len(paths) / (time.perf_counter() - t)}
 
@@ -51,8 +54,9 @@ def _ceiling(paths: list[str], max_side: int | None) -> dict[str, float]:
 def _convert(data: str, out: str, workers: int, max_side: int | None, shards: int) -> float:
     shutil.rmtree(out, ignore_errors=True)
     t = time.perf_counter()
-    manifest = build_gldv2.build_gldv2(data, out, num_shards=shards, num_workers=workers,
-                                       max_side=max_side, show_progress=False)
+    manifest = build_gldv2.build_gldv2(
+        data, out, num_shards=shards, num_workers=workers, max_side=max_side, show_progress=False
+    )
     seconds = time.perf_counter() - t
     return manifest["splits"]["train"]["num_examples"] / seconds
 
@@ -68,8 +72,13 @@ def main() -> None:
     ids = _photos.write_gldv2_folder(data, args.num_images, 800, 600)
     paths = [sources.image_path(data, "train", i) for i in ids]
     sizes = [os.path.getsize(p) for p in paths]
-    result = {"bench": "convert", "num_images": args.num_images, "source": "800x600 JPEG q90",
-              "mean_kb": round(sum(sizes) / len(sizes) / 1024, 1), "cpus": os.cpu_count()}
+    result = {
+        "bench": "convert",
+        "num_images": args.num_images,
+        "source": "800x600 JPEG q90",
+        "mean_kb": round(sum(sizes) / len(sizes) / 1024, 1),
+        "cpus": os.cpu_count(),
+    }
     for max_side in (None, 512):
         tag = "keep" if max_side is None else f"max_side{max_side}"
         for name, rate in _ceiling(paths, max_side).items():

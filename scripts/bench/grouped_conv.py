@@ -41,11 +41,21 @@ def main():
     ours = lambda x, k: conv2d(x, k, padding=pads, feature_group_count=2)  # noqa: E731
     err = float(np.abs(np.asarray(lax_form(x, k)) - np.asarray(ours(x, k))).max())
     t_lax, t_ours = timed(lax_form, x, k), timed(ours, x, k)
-    print(json.dumps({"bench": "grouped_conv", "shape": [16, 28, 28, 128],
-                      "kernel": [3, 3, 64, 256], "groups": 2, "backend": jax.default_backend(),
-                      "lax_grouped_fwd_bwd_s": round(t_lax, 4),
-                      "per_group_fwd_bwd_s": round(t_ours, 4),
-                      "speedup": round(t_lax / t_ours, 2), "max_abs_diff": err}))
+    print(
+        json.dumps(
+            {
+                "bench": "grouped_conv",
+                "shape": [16, 28, 28, 128],
+                "kernel": [3, 3, 64, 256],
+                "groups": 2,
+                "backend": jax.default_backend(),
+                "lax_grouped_fwd_bwd_s": round(t_lax, 4),
+                "per_group_fwd_bwd_s": round(t_ours, 4),
+                "speedup": round(t_lax / t_ours, 2),
+                "max_abs_diff": err,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -48,8 +48,9 @@ def _ceiling(out: str, images: int) -> float:
         return tf.reduce_max(tf.io.decode_jpeg(ex[features.ENCODED], channels=3))
 
     ds = tf.data.Dataset.from_tensor_slices(files).repeat()
-    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=len(files),
-                       num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.interleave(
+        tf.data.TFRecordDataset, cycle_length=len(files), num_parallel_calls=tf.data.AUTOTUNE
+    )
     ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
     it = iter(ds)
     for _ in range(BATCH):  # warm up
@@ -82,12 +83,18 @@ def main() -> None:
     out = os.path.join(args.workdir, "tfrecords")
     _photos.write_gldv2_folder(data, args.num_images, 1024, 1024)
     if not os.path.exists(os.path.join(out, "manifest.json")):
-        build_gldv2.build_gldv2(data, out, num_shards=8, num_workers=os.cpu_count() or 1,
-                                show_progress=False)
+        build_gldv2.build_gldv2(
+            data, out, num_shards=8, num_workers=os.cpu_count() or 1, show_progress=False
+        )
     images = int(args.epochs * args.num_images)
-    result = {"bench": "input_pipeline", "source": "1024x1024 JPEG q90",
-              "num_images": args.num_images, "images_timed": images, "batch": BATCH,
-              "cpus": os.cpu_count()}
+    result = {
+        "bench": "input_pipeline",
+        "source": "1024x1024 JPEG q90",
+        "num_images": args.num_images,
+        "images_timed": images,
+        "batch": BATCH,
+        "cpus": os.cpu_count(),
+    }
     result["ceiling_full_decode"] = round(_ceiling(out, images), 1)
     for size in (256, 512):
         for dct in (False, True):
@@ -98,16 +105,20 @@ def main() -> None:
             rate = _pipeline(out, images, image_size=size, dct_scaling=dct, augment=False)
             result[f"train_{size}px_{'dct' if dct else 'full'}_noaug"] = round(rate, 1)
     result["train_256px_dct_fast"] = round(
-        _pipeline(out, images, image_size=256, dct_scaling=True, deterministic=False), 1)
+        _pipeline(out, images, image_size=256, dct_scaling=True, deterministic=False), 1
+    )
     result["train_256px_full_fast"] = round(
-        _pipeline(out, images, image_size=256, dct_scaling=False, deterministic=False), 1)
+        _pipeline(out, images, image_size=256, dct_scaling=False, deterministic=False), 1
+    )
     ceiling = result["ceiling_full_decode"]
     for size in (256, 512):
         result[f"full_vs_ceiling_{size}px"] = round(result[f"train_{size}px_full"] / ceiling, 3)
         result[f"dct_speedup_{size}px"] = round(
-            result[f"train_{size}px_dct"] / result[f"train_{size}px_full"], 2)
+            result[f"train_{size}px_dct"] / result[f"train_{size}px_full"], 2
+        )
         result[f"dct_speedup_{size}px_noaug"] = round(
-            result[f"train_{size}px_dct_noaug"] / result[f"train_{size}px_full_noaug"], 2)
+            result[f"train_{size}px_dct_noaug"] / result[f"train_{size}px_full_noaug"], 2
+        )
     print(json.dumps(result))
 
 

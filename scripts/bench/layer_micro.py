@@ -77,12 +77,12 @@ def depthwise_candidates():
 
     def impl(name):
         return lambda s, p: wrap(
-            lambda x, w: layers.conv2d(x, w, strides=s, padding=p,
-                                       feature_group_count=x.shape[-1], impl=name)
+            lambda x, w: layers.conv2d(
+                x, w, strides=s, padding=p, feature_group_count=x.shape[-1], impl=name
+            )
         )
 
-    cands = {"conv2d einsum_shift (working tree)": impl("einsum_shift"),
-             "conv2d lax": impl("lax")}
+    cands = {"conv2d einsum_shift (working tree)": impl("einsum_shift"), "conv2d lax": impl("lax")}
     for name, fn in _dw_variants.VARIANTS.items():
         cands[name] = _bind_variant(wrap, fn)
     return cands
@@ -119,8 +119,10 @@ def run_pointwise(args, rng):
     rows = b0_shapes(args.image_size)
     import _dw_variants
 
-    cands = {"einsum": lambda x, w: layers.conv2d(x, w, impl="einsum_shift"),
-             "lax.conv": lambda x, w: layers.conv2d(x, w, impl="lax")}
+    cands = {
+        "einsum": lambda x, w: layers.conv2d(x, w, impl="einsum_shift"),
+        "lax.conv": lambda x, w: layers.conv2d(x, w, impl="lax"),
+    }
     cands.update(_dw_variants.PW_VARIANTS)
     if args.only:
         cands = {k: v for k, v in cands.items() if any(o in k for o in args.only.split(","))}
@@ -187,15 +189,20 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=5)
     args = ap.parse_args()
     rng = np.random.default_rng(0)
-    result = {"xla_flags": os.environ.get("XLA_FLAGS", ""), "batch_size": args.batch_size,
-              "image_size": args.image_size}
-    for which, fn in (("depthwise", run_depthwise), ("pointwise", run_pointwise),
-                      ("bn", run_bn)):
+    result = {
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "batch_size": args.batch_size,
+        "image_size": args.image_size,
+    }
+    for which, fn in (("depthwise", run_depthwise), ("pointwise", run_pointwise), ("bn", run_bn)):
         if args.which in (which, "all"):
             rows, totals = fn(args, rng)
             result[which] = {"rows": rows, "total_ms": {k: round(v, 1) for k, v in totals.items()}}
-            print(f"{which} total ms (fwd+bwd, all B0 layers):",
-                  json.dumps(result[which]["total_ms"]), flush=True)
+            print(
+                f"{which} total ms (fwd+bwd, all B0 layers):",
+                json.dumps(result[which]["total_ms"]),
+                flush=True,
+            )
     print(json.dumps(result))
     return 0
 

@@ -49,31 +49,49 @@ def add_model_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--num_classes", type=int, default=1000)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--remat", action="store_true")
-    ap.add_argument("--flax_bn", action="store_true",
-                    help="EfficientNet BN without the hand-written CPU gradient (A/B)")
+    ap.add_argument(
+        "--flax_bn",
+        action="store_true",
+        help="EfficientNet BN without the hand-written CPU gradient (A/B)",
+    )
 
 
 def build_ours(args):
     """(jitted step, state, batch, margins) of the benchmark, not yet compiled."""
     import ml_collections
 
-    model = LandmarkModel(backbone=args.model, num_classes=args.num_classes, dtype=args.dtype,
-                          drop_path_rate=0.2, remat=args.remat, rngs=nnx.Rngs(0))
+    model = LandmarkModel(
+        backbone=args.model,
+        num_classes=args.num_classes,
+        dtype=args.dtype,
+        drop_path_rate=0.2,
+        remat=args.remat,
+        rngs=nnx.Rngs(0),
+    )
     model.train()
     mesh = mesh_lib.make_mesh(devices=jax.devices()[:1])
     opt_cfg = ml_collections.ConfigDict(
-        dict(name="adamw", weight_decay=1e-4, momentum=0.9, grad_clip_norm=0.0))
+        dict(name="adamw", weight_decay=1e-4, momentum=0.9, grad_clip_norm=0.0)
+    )
     tx = make_optimizer(opt_cfg, lambda step: 1e-3)
     graphdef, params, stats, rng_state = split_model(model)
     state = init_train_state(params, stats, tx)
     shardings = state_shardings(state, mesh)
     state = jax.device_put(state, shardings)
-    step = make_train_step(graphdef=graphdef, rng_state=rng_state, tx=tx, scale=80.0,
-                           key=jax.random.key(0), mesh=mesh, state_sharding=shardings)
+    step = make_train_step(
+        graphdef=graphdef,
+        rng_state=rng_state,
+        tx=tx,
+        scale=80.0,
+        key=jax.random.key(0),
+        mesh=mesh,
+        state_sharding=shardings,
+    )
     rng = np.random.default_rng(0)
     batch = {
-        "image": jnp.asarray(rng.integers(0, 256, (args.batch_size, args.image_size,
-                                                   args.image_size, 3), np.uint8)),
+        "image": jnp.asarray(
+            rng.integers(0, 256, (args.batch_size, args.image_size, args.image_size, 3), np.uint8)
+        ),
         "label": jnp.asarray(rng.integers(0, args.num_classes, args.batch_size), jnp.int32),
     }
     margins = jnp.full((args.num_classes,), 0.3, jnp.float32)
@@ -96,21 +114,38 @@ def time_ours(args) -> dict:
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - t)
     median = sorted(times)[len(times) // 2]
-    return {"compile_s": round(compile_s, 1), "step_s_median": round(median, 4),
-            "images_per_s": round(args.batch_size / median, 2),
-            "loss_finite": bool(np.isfinite(float(metrics["loss"])))}
+    return {
+        "compile_s": round(compile_s, 1),
+        "step_s_median": round(median, 4),
+        "images_per_s": round(args.batch_size / median, 2),
+        "loss_finite": bool(np.isfinite(float(metrics["loss"]))),
+    }
 
 
 def time_peer(args) -> dict | None:
     python = args.peer_python
     if not python or not os.path.exists(python):
-        print(f"peer skipped: no Python with torch+timm at {python!r} (--peer_python)",
-              file=sys.stderr)
+        print(
+            f"peer skipped: no Python with torch+timm at {python!r} (--peer_python)",
+            file=sys.stderr,
+        )
         return None
-    cmd = [python, os.path.join(os.path.dirname(__file__), "_timm_peer.py"),
-           "--model", TIMM_PEERS[args.model], "--image_size", str(args.image_size),
-           "--batch_size", str(args.batch_size), "--num_classes", str(args.num_classes),
-           "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    cmd = [
+        python,
+        os.path.join(os.path.dirname(__file__), "_timm_peer.py"),
+        "--model",
+        TIMM_PEERS[args.model],
+        "--image_size",
+        str(args.image_size),
+        "--batch_size",
+        str(args.batch_size),
+        "--num_classes",
+        str(args.num_classes),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+    ]
     if args.peer_channels_last:
         cmd.append("--channels_last")
     if args.peer_amp:
@@ -127,8 +162,9 @@ def main() -> int:
     add_model_args(ap)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--peer_python", default=os.environ.get("GLD_JAX_PEER_PYTHON",
-                                                            "/tmp/refvenv/bin/python"))
+    ap.add_argument(
+        "--peer_python", default=os.environ.get("GLD_JAX_PEER_PYTHON", "/tmp/refvenv/bin/python")
+    )
     ap.add_argument("--peer_channels_last", action="store_true")
     ap.add_argument("--peer_amp", action="store_true")
     ap.add_argument("--skip_peer", action="store_true")
@@ -143,10 +179,18 @@ def main() -> int:
         layers.BatchNorm.hand_written_grad = False
     peer = None if args.skip_peer else time_peer(args)
     ours = time_ours(args)
-    out = {"bench": "train_step", "model": args.model, "image_size": args.image_size,
-           "batch_size": args.batch_size, "num_classes": args.num_classes,
-           "dtype": args.dtype, "backend": jax.default_backend(),
-           "device": str(jax.devices()[0].device_kind), "ours": ours, "peer": peer}
+    out = {
+        "bench": "train_step",
+        "model": args.model,
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "num_classes": args.num_classes,
+        "dtype": args.dtype,
+        "backend": jax.default_backend(),
+        "device": str(jax.devices()[0].device_kind),
+        "ours": ours,
+        "peer": peer,
+    }
     if peer:
         out["ratio_ours_over_peer"] = round(ours["images_per_s"] / peer["images_per_s"], 3)
     print(json.dumps(out))

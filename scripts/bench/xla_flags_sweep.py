@@ -39,14 +39,29 @@ SETS = {
 def run(name: str, flags: str, args) -> dict:
     env = dict(os.environ)
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + flags).strip()
-    cmd = [sys.executable, os.path.join(os.path.dirname(__file__), "train_step.py"),
-           "--skip_peer", "--model", args.model, "--image_size", str(args.image_size),
-           "--batch_size", str(args.batch_size), "--steps", str(args.steps),
-           "--warmup", str(args.warmup)]
+    cmd = [
+        sys.executable,
+        os.path.join(os.path.dirname(__file__), "train_step.py"),
+        "--skip_peer",
+        "--model",
+        args.model,
+        "--image_size",
+        str(args.image_size),
+        "--batch_size",
+        str(args.batch_size),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+    ]
     t = time.time()
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
-    row = {"set": name, "xla_flags": flags, "wall_s": round(time.time() - t, 1),
-           "loadavg": os.getloadavg()[0]}
+    row = {
+        "set": name,
+        "xla_flags": flags,
+        "wall_s": round(time.time() - t, 1),
+        "loadavg": os.getloadavg()[0],
+    }
     if res.returncode != 0:
         row["error"] = (res.stderr.strip().splitlines() or ["?"])[-1][:300]
     else:
@@ -77,8 +92,10 @@ def main() -> int:
         if "error" in r:
             print(f"| `{r['xla_flags'] or '(none)'}` | error: {r['error'][:80]} | | |")
         else:
-            print(f"| `{r['xla_flags'] or '(none)'}` | {r['images_per_s']} | {r['step_s_median']} "
-                  f"| {r['compile_s']} |")
+            print(
+                f"| `{r['xla_flags'] or '(none)'}` | {r['images_per_s']} | {r['step_s_median']} "
+                f"| {r['compile_s']} |"
+            )
     return 0
 
 
