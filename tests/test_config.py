@@ -86,10 +86,25 @@ def test_cli_reports_bad_config_in_one_line(tmp_path):
 
 
 def test_cli_reports_unknown_key_in_one_line(tmp_path):
-    out = _run_main("--workdir", str(tmp_path), "--config.model.nonsense=1")
-    assert out.returncode != 0
+    out = _run_main("--workdir", str(tmp_path), "--config.model.backbon=1")
+    assert out.returncode == 2
     assert "Traceback" not in out.stderr
-    assert "nonsense" in out.stderr.strip().splitlines()[-1]
+    # One line, no escaped quotes or newlines from absl's repr of the cause.
+    assert out.stderr.strip() == 'error: \'backbon\' Did you mean "backbone" instead of "backbon"?'
+
+
+def test_cli_reports_a_missing_config_file_in_one_line(tmp_path):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    out = subprocess.run(
+        [sys.executable, "-m", "gld_jax.main", "--config", "configs/nope.py"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip() == "error: --config configs/nope.py: no such file"
 
 
 @pytest.mark.parametrize(

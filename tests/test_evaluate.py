@@ -2,6 +2,7 @@
 index save/load, non-landmark re-ranking, user errors."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -12,6 +13,8 @@ from gld_jax.metrics import read_submission
 from gld_jax.retrieval.embeddings import EmbeddingSet, save_embeddings
 from gld_jax.retrieval.evaluate import main
 from gld_jax.retrieval.index import build_scann_index, load_index
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _unit(rows):
@@ -289,3 +292,25 @@ def test_the_recipe_ensemble_config_reads_six_runs_of_the_tpu_scripts_layout():
     assert index[0] == "gs://b/runs/effb7_fold0/embeddings/train"
     assert index[-1] == "gs://b/runs/resnest101_fold0/embeddings/train"
     assert len(index) == 6 and args[args.index("--mode") + 1] == "blend"
+
+
+def test_cli_keeps_tensorflow_start_up_lines_off_stderr(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    ids = np.array([f"i{i}" for i in range(64)])
+    save_embeddings(str(tmp_path / "i.npz"), EmbeddingSet(ids, x, rng.integers(0, 4, 64)))
+    save_embeddings(str(tmp_path / "q.npz"), EmbeddingSet(ids[:8], x[:8], np.full(8, -1)))
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    out = subprocess.run(  # a ScaNN tree: TensorFlow is imported
+        [sys.executable, os.path.join(ROOT, "scripts", "evaluate_scann.py"), "--mode", "top1"]
+        + ["--index", str(tmp_path / "i.npz"), "--queries", str(tmp_path / "q.npz")]
+        + ["--output", str(tmp_path / "s.csv"), "--brute_force_threshold", "0"]
+        + ["--num_leaves", "2"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "cpu_feature_guard" not in out.stderr and "oneDNN" not in out.stderr

@@ -303,6 +303,8 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Before ScaNN or the report import TensorFlow: no start-up chatter.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         config_path, overrides, rest = split_config_args(argv)

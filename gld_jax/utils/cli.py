@@ -3,10 +3,45 @@ one line on stderr and exit code 2, not a traceback."""
 
 from __future__ import annotations
 
+import os
+import sys
+
 from absl import flags
+
+EXIT_USAGE = 2
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(EXIT_USAGE)
+
+
+def _one_line(err: BaseException) -> str:
+    # absl wraps the cause's repr: quotes and newlines arrive escaped.
+    msg = str(err).strip()
+    if len(msg) > 1 and msg[0] == msg[-1] and msg[0] in "'\"":
+        msg = msg[1:-1]
+    msg = msg.replace("\\n", "\n").replace("\\'", "'")
+    return " ".join(line.strip() for line in msg.splitlines() if line.strip())
+
+
+def _config_path(argv: list[str]) -> str | None:
+    """The file of --config FILE / --config=FILE (ml_collections allows FILE:ARGS)."""
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1].split(":")[0]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1].split(":")[0]
+    return None
 
 
 def parse_flags(argv: list[str]) -> None:
+    """Parses absl flags; a bad flag, config key or config file is one line on
+    stderr and exit code 2."""
+    path = _config_path(argv)
+    if path is not None and "config" in flags.FLAGS and not os.path.isfile(path):
+        # ml_collections defers this error to the first use of the config.
+        _fail(f"--config {path}: no such file")
     try:
         flags.FLAGS(argv)
     except (
@@ -19,10 +54,9 @@ def parse_flags(argv: list[str]) -> None:
         OSError,
         SyntaxError,
     ) as e:
-        msg = str(e).strip().strip('"').strip("'")
-        raise SystemExit(f"error: {msg}") from None
+        _fail(_one_line(e))
     if "config" in flags.FLAGS and flags.FLAGS["config"].value is None:
-        raise SystemExit("error: --config is required, e.g. --config configs/demo.py")
+        _fail("--config is required, e.g. --config configs/demo.py")
 
 
 def cpu_only_when_no_accelerator() -> None:
