@@ -64,10 +64,10 @@ def test_stage_defaults():
     assert s.label_set == "full" and s.new_head
 
 
-def _run_main(*args):
+def _run_main(*args, config="configs/demo.py"):
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
     return subprocess.run(
-        [sys.executable, "-m", "gld_jax.main", "--config", "configs/demo.py", *args],
+        [sys.executable, "-m", "gld_jax.main", "--config", config, *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -93,16 +93,8 @@ def test_cli_reports_unknown_key_in_one_line(tmp_path):
     assert out.stderr.strip() == 'error: \'backbon\' Did you mean "backbone" instead of "backbon"?'
 
 
-def test_cli_reports_a_missing_config_file_in_one_line(tmp_path):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
-    out = subprocess.run(
-        [sys.executable, "-m", "gld_jax.main", "--config", "configs/nope.py"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+def test_cli_reports_a_missing_config_file_in_one_line():
+    out = _run_main(config="configs/nope.py")
     assert out.returncode == 2
     assert out.stderr.strip() == "error: --config configs/nope.py: no such file"
 
