@@ -73,6 +73,10 @@ def test_rejects_bad_input():
         index.search(np.ones((2, 4), np.float32))
     with pytest.raises(ValueError):
         index.search(_unit(np.ones((2, 3))), k=0)
+    # A tree over fewer rows than its hashing codes: a ValueError (one line in
+    # the CLIs), not ScaNN's RuntimeError.
+    with pytest.raises(ValueError, match="at least 16 index rows"):
+        build_scann_index(_unit(np.eye(4, 3) + 0.1), brute_force_threshold=0)
 
 
 # ----------------------------------------------------------------------------- ScaNN path

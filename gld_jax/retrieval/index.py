@@ -119,6 +119,7 @@ _TRAINING_ROWS_PER_LEAF = 80
 # scans 1.8x faster; plain (not anisotropic) quantization builds in 60% of the time.
 # Neither lowered recall at 1.58M once 200 candidates are re-ordered exactly.
 AH_DIMS_PER_BLOCK = 4
+_AH_CODES = 16  # ScaNN's default 16 clusters (4-bit codes) per AH block
 
 
 def _default_leaves_to_search(num_leaves: int) -> int:
@@ -310,6 +311,12 @@ def build_scann_index(
         raise ValueError(f"embeddings must be L2-normalised (max | |x| - 1 | = {worst:.3g})")
     if n < brute_force_threshold:
         return NeighborIndex(emb, num_neighbors=num_neighbors)
+    if n < _AH_CODES:
+        raise ValueError(
+            f"a ScaNN tree needs at least {_AH_CODES} index rows (its hashing learns "
+            f"{_AH_CODES} codes per block), got {n}: search them exactly with a "
+            f"brute-force threshold above {n}"
+        )
 
     params = default_tree_params(n, num_neighbors)
     for key, value in (

@@ -21,8 +21,17 @@ def decay_mask(params):
     return jax.tree.map(lambda p: getattr(p, "ndim", 0) > 1, params)
 
 
+def applied_learning_rate(schedule: optax.Schedule, steps_done: int) -> float:
+    """The learning rate of the update that completed step `steps_done` (1-based):
+    optax evaluates the schedule at the count of updates before it, so that is
+    schedule(steps_done - 1), not schedule(steps_done) (the next step's)."""
+    return float(schedule(max(steps_done - 1, 0)))
+
+
 def make_optimizer(optimizer_config, schedule: optax.Schedule) -> optax.GradientTransformation:
-    """AdamW or SGD+momentum with decoupled weight decay and optional clipping."""
+    """AdamW (decoupled weight decay) or SGD with Nesterov momentum, whose weight
+    decay is added to the gradient before the momentum (L2, as PyTorch's SGD);
+    optional global-norm clipping first. Decay skips 1-d and scalar leaves."""
     parts = []
     if optimizer_config.grad_clip_norm > 0:
         parts.append(optax.clip_by_global_norm(optimizer_config.grad_clip_norm))

@@ -24,6 +24,7 @@ from gld_jax.losses import dynamic_margins
 from gld_jax.models.landmark import LandmarkModel, SubCenterHead, build_model, padded_num_classes
 from gld_jax.train import mesh as mesh_lib
 from gld_jax.train.checkpoint import Checkpointer
+from gld_jax.train.optim import applied_learning_rate
 from gld_jax.train.preemption import PreemptionWatcher, TrainingPreempted
 from gld_jax.train.stage_step import make_stage_step
 from gld_jax.train.stages import StagePlan, locate, plan_stages
@@ -282,7 +283,7 @@ def _train_stages(
                 last_t, last_step = now, step_done
                 scalars = {k: float(v) for k, v in metrics.items()}
                 history.append({"step": plan.first_step + step_done, **scalars})
-                scalars["learning_rate"] = float(schedule(step_done))
+                scalars["learning_rate"] = applied_learning_rate(schedule, step_done)
                 scalars["images_per_second"] = rate
                 writer.scalars(
                     plan.first_step + step_done, scalars, prefix=f"train/stage{plan.index}"
