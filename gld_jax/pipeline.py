@@ -22,9 +22,13 @@ from gld_jax.retrieval.embeddings import (
     save_embeddings,
     shard_path,
 )
-from gld_jax.retrieval.evaluate import RERANK_MODES, evaluate_retrieval, gap_scores
+from gld_jax.retrieval.evaluate import (
+    RERANK_MODES,
+    build_labelled_index,
+    evaluate_retrieval,
+    gap_scores,
+)
 from gld_jax.retrieval.extract import Embedder
-from gld_jax.retrieval.index import build_scann_index
 from gld_jax.retrieval.nonlandmark_set import select_nonlandmarks
 from gld_jax.retrieval.predict import predict_head
 from gld_jax.retrieval.submission import write_submission
@@ -138,11 +142,11 @@ def retrieval_validation_gap(config, tfrecord_dir: str, plan: StagePlan, embedde
 
 def validation_gaps(config, tfrecord_dir: str, plan: StagePlan, embedder) -> dict[str, float]:
     """{"head": GAP, "retrieval": GAP} for the methods `eval.validation` names."""
-    if config.fold < 0:
-        return {"head": float("nan")}
     methods = (
         ("head", "retrieval") if config.eval.validation == "both" else (config.eval.validation,)
     )
+    if config.fold < 0:  # no held-out fold
+        return {m: float("nan") for m in methods}
     fns = {"head": head_validation_gap, "retrieval": retrieval_validation_gap}
     return {m: fns[m](config, tfrecord_dir, plan, embedder) for m in methods}
 
@@ -204,14 +208,9 @@ def evaluate(config, workdir: str) -> dict:
     nonlandmark = None
     if config.eval.nonlandmark_usage and has_solution:
         nonlandmark = select_nonlandmarks(queries, solution_path, config.eval.nonlandmark_usage)
-    labelled = index.select(index.labels >= 0)
-    if len(labelled) == 0:
-        raise ValueError("the index has no labelled images")
     k = config.eval.num_neighbors
-    searcher = build_scann_index(
-        np.asarray(labelled.embeddings, np.float32),
-        num_neighbors=k,
-        brute_force_threshold=config.eval.brute_force_threshold,
+    searcher, labelled = build_labelled_index(
+        index, k, brute_force_threshold=config.eval.brute_force_threshold
     )
     common = dict(
         searcher=searcher,
@@ -243,7 +242,10 @@ def evaluate(config, workdir: str) -> dict:
     for row, mode, extra in LADDER:
         if mode in RERANK_MODES and nonlandmark is None:
             continue
-        ev = evaluate_retrieval(queries, mode=mode, neighbors=neighbors, **{**common, **extra})
+        if mode == config.eval.prediction and not extra:
+            ev = main_ev  # the submission's own rung: already scored
+        else:
+            ev = evaluate_retrieval(queries, mode=mode, neighbors=neighbors, **{**common, **extra})
         ladder[row] = {n: round(v, 4) for n, v in gap_scores(ev, solution_path).items()}
         right = correct_mask(ev.query_ids.tolist(), ev.labels, solution)
         ladder[row]["AUC"] = round(ranking_auc(ev.confidences, right), 4)

@@ -191,13 +191,18 @@ def arcface_logits(
     return jnp.where(is_target, phi[:, None], cosine) * scale
 
 
-def mask_padded_classes(scores: jax.Array, num_valid_classes: int | None) -> jax.Array:
+def mask_padded_classes(
+    scores: jax.Array, num_valid_classes: int | None, first_class: jax.Array | int = 0
+) -> jax.Array:
     """``[N, C]`` scores with the padded classes (index ``>= num_valid_classes``)
-    set to -inf, so they take no softmax mass and no argmax."""
-    if num_valid_classes is None or num_valid_classes >= scores.shape[-1]:
+    set to -inf, so they take no softmax mass and no argmax. ``first_class`` is
+    the class index of column 0 (a shard of the class axis; may be traced)."""
+    if num_valid_classes is None or (
+        isinstance(first_class, int) and first_class + scores.shape[-1] <= num_valid_classes
+    ):
         return scores
-    valid = jax.lax.broadcasted_iota(jnp.int32, (1, scores.shape[-1]), 1) < num_valid_classes
-    return jnp.where(valid, scores, -jnp.inf)
+    column = jax.lax.broadcasted_iota(jnp.int32, (1, scores.shape[-1]), 1)
+    return jnp.where(first_class + column < num_valid_classes, scores, -jnp.inf)
 
 
 def sub_center_arcface_loss(

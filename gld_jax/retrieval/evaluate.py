@@ -38,11 +38,15 @@ from gld_jax.retrieval.predict import (
     predict_knn_vote,
     predict_top1,
 )
-from gld_jax.retrieval.rerank import nonlandmark_similarity, predict_nonlandmark_rerank
+from gld_jax.retrieval.rerank import (
+    nonlandmark_similarity,
+    predict_nonlandmark_rerank,
+    rescored_neighbors,
+)
 from gld_jax.retrieval.submission import write_submission
 from gld_jax.utils import fs
 
-__all__ = ["Evaluation", "evaluate_retrieval", "load_ensemble", "main"]
+__all__ = ["Evaluation", "build_labelled_index", "evaluate_retrieval", "load_ensemble", "main"]
 
 MODES = ("top1", "knn_vote", "nonlandmark_rerank", "head", "blend", "blend_rerank")
 HEAD_MODES = ("head", "blend", "blend_rerank")  # need the queries' head top-k lists
@@ -81,6 +85,24 @@ def load_ensemble(
 
 def _save_rows(directory: str, emb: EmbeddingSet) -> None:
     fs.save_npz(os.path.join(directory, _ROWS), ids=emb.ids.astype(str), labels=emb.labels)
+
+
+def build_labelled_index(
+    index: EmbeddingSet, num_neighbors: int, **index_params
+) -> tuple[NeighborIndex, EmbeddingSet]:
+    """(searcher over the rows with a label >= 0, those rows); keyword arguments
+    go to :func:`build_scann_index`.
+
+    Raises:
+      ValueError: no row has a label.
+    """
+    labelled = index.select(index.labels >= 0)
+    if len(labelled) == 0:
+        raise ValueError("the index has no labelled rows")
+    searcher = build_scann_index(
+        np.asarray(labelled.embeddings, np.float32), num_neighbors=num_neighbors, **index_params
+    )
+    return searcher, labelled
 
 
 def evaluate_retrieval(
@@ -132,15 +154,8 @@ def evaluate_retrieval(
     if searcher is None:
         if index is None:
             raise ValueError("give index embeddings or a searcher")
-        index = index.select(index.labels >= 0)
-        if len(index) == 0:
-            raise ValueError("the index has no labelled rows")
         t0 = time.perf_counter()
-        searcher = build_scann_index(
-            np.asarray(index.embeddings, np.float32),
-            num_neighbors=num_neighbors,
-            **(index_params or {}),
-        )
+        searcher, index = build_labelled_index(index, num_neighbors, **(index_params or {}))
         timings["build_s"] = round(time.perf_counter() - t0, 3)
         index_ids, index_labels = index.ids, index.labels
     if searcher.dim != queries.embeddings.shape[1]:
@@ -170,7 +185,7 @@ def evaluate_retrieval(
         labels, conf = predict_head(queries.head_labels, queries.head_scores)
     else:
         # The re-ranked score A - B - C of each neighbour in place of its cosine.
-        blend_sims = sims if mode == "blend" else np.clip(sims, 0.0, 1.0) - b - c[:, None]
+        blend_sims = sims if mode == "blend" else rescored_neighbors(sims, b) - c[:, None]
         labels, conf = predict_blend(
             nn_labels,
             blend_sims,
@@ -361,13 +376,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             z = fs.load_npz(os.path.join(args.load_index, _ROWS))
             ids, labels = z["ids"], z["labels"]
         else:
-            labelled = index.select(index.labels >= 0)
-            if len(labelled) == 0:
-                raise ValueError("the index has no labelled rows")
             t0 = time.perf_counter()
-            searcher = build_scann_index(
-                np.asarray(labelled.embeddings, np.float32),
-                num_neighbors=args.num_neighbors,
+            searcher, labelled = build_labelled_index(
+                index,
+                args.num_neighbors,
                 brute_force_threshold=args.brute_force_threshold,
                 **index_params,
             )

@@ -15,41 +15,44 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from gld_jax.losses import sub_center_cosine
+from gld_jax.losses import mask_padded_classes, sub_center_cosine
 from gld_jax.train.mesh import DATA_AXIS, MODEL_AXIS
 
 __all__ = ["head_top_k", "sharded_head_top_k"]
 
 
 def head_top_k(
-    embeddings: jax.Array, centers: jax.Array, k: int, num_valid_classes: int
+    embeddings: jax.Array,
+    centers: jax.Array,
+    k: int,
+    num_valid_classes: int,
+    first_class: jax.Array | int = 0,
 ) -> tuple[jax.Array, jax.Array]:
     """Top-k classes by sub-centre cosine (max over a class's sub-centres).
 
     Args:
       embeddings: ``[N, D]`` float embeddings.
-      centers: ``[C, K, D]`` head weights; classes ``>= num_valid_classes`` are
-        padding and never returned.
+      centers: ``[C, K, D]`` head weights (a shard of the head whose first row is
+        class ``first_class``); classes ``>= num_valid_classes`` are padding and
+        never returned.
       k: classes kept per row (``<= num_valid_classes``).
 
     Returns:
       ``(cosines [N, k] float32, classes [N, k] int32)``, best first; equal
       cosines are ordered by class index, ascending.
     """
-    cos = sub_center_cosine(embeddings, centers)
-    valid = jax.lax.broadcasted_iota(jnp.int32, (1, cos.shape[-1]), 1) < num_valid_classes
-    return jax.lax.top_k(jnp.where(valid, cos, -jnp.inf), k)
+    cos = mask_padded_classes(
+        sub_center_cosine(embeddings, centers), num_valid_classes, first_class
+    )
+    vals, idx = jax.lax.top_k(cos, k)
+    return vals, idx + first_class
 
 
 def _local_then_merge(e, w, *, k: int, num_valid_classes: int, model_axis: str):
     # This device's classes start at shard_index * classes_per_shard.
     per_shard = w.shape[0]
-    offset = jax.lax.axis_index(model_axis) * per_shard
-    cos = sub_center_cosine(e, w)
-    classes = offset + jax.lax.broadcasted_iota(jnp.int32, (1, per_shard), 1)
-    cos = jnp.where(classes < num_valid_classes, cos, -jnp.inf)
-    vals, idx = jax.lax.top_k(cos, min(k, per_shard))
-    idx = idx + offset
+    first = jax.lax.axis_index(model_axis) * per_shard
+    vals, idx = head_top_k(e, w, min(k, per_shard), num_valid_classes, first_class=first)
     # [n, shards * k] candidates in shard order, i.e. by class index within ties.
     vals = jax.lax.all_gather(vals, model_axis, axis=1, tiled=True)
     idx = jax.lax.all_gather(idx, model_axis, axis=1, tiled=True)

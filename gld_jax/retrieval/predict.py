@@ -25,6 +25,14 @@ def _check(neighbor_labels: np.ndarray, neighbor_sims: np.ndarray) -> tuple[np.n
     return labels.astype(np.int64), sims
 
 
+def _class_sums(labels: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``[Q, k]`` float64: for column j, the sum of ``weights`` over the columns
+    whose label equals column j's. k is small (<= ~100), so the k^2 compare beats
+    a per-row bincount."""
+    same = labels[:, :, None] == labels[:, None, :]
+    return np.einsum("qjl,ql->qj", same, weights, dtype=np.float64)
+
+
 def predict_top1(
     neighbor_labels: np.ndarray, neighbor_sims: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -63,10 +71,7 @@ def predict_knn_vote(
     """
     labels, sims = _check(neighbor_labels, neighbor_sims)
     k = labels.shape[1]
-    # [Q, k, k]: score of column j's class = sum of sims of all columns with that
-    # class. k is small (<= ~100), so the k^2 compare beats a per-row bincount.
-    same = labels[:, :, None] == labels[:, None, :]
-    class_score = np.einsum("qjl,ql->qj", same, sims, dtype=np.float64)
+    class_score = _class_sums(labels, sims)
     best = np.argmax(class_score, axis=1)[:, None]  # first column on ties
     return (
         np.take_along_axis(labels, best, 1)[:, 0],
@@ -140,8 +145,7 @@ def predict_blend(
     listed = np.max(np.where(hit, h_scores[:, None, :], -np.inf), axis=2)
     head = np.maximum(np.where(hit.any(axis=2), listed, head_floor), head_floor)
     contribution = signed_power(sims, sim_power) * head.astype(np.float64) ** head_power
-    same = labels[:, :, None] == labels[:, None, :]
-    class_score = np.einsum("qjl,ql->qj", same, contribution)
+    class_score = _class_sums(labels, contribution)
     best = np.argmax(class_score, axis=1)[:, None]
     score = np.take_along_axis(class_score, best, 1)[:, 0]
     if sim_power + head_power > 0:

@@ -18,7 +18,7 @@ import numpy as np
 
 from gld_jax.retrieval.index import NeighborIndex
 
-__all__ = ["nonlandmark_similarity", "predict_nonlandmark_rerank"]
+__all__ = ["nonlandmark_similarity", "predict_nonlandmark_rerank", "rescored_neighbors"]
 
 
 def nonlandmark_similarity(
@@ -63,6 +63,13 @@ def nonlandmark_similarity(
     return sims.mean(axis=1).astype(np.float32)
 
 
+def rescored_neighbors(neighbor_sims: np.ndarray, neighbor_penalty: np.ndarray) -> np.ndarray:
+    """``[Q, k]`` float32 ``clamp(sim, 0, 1) - B`` of each neighbour (before C)."""
+    return np.clip(np.asarray(neighbor_sims, np.float32), 0.0, 1.0) - np.asarray(
+        neighbor_penalty, np.float32
+    )
+
+
 def predict_nonlandmark_rerank(
     neighbor_labels: np.ndarray,
     neighbor_sims: np.ndarray,
@@ -101,7 +108,7 @@ def predict_nonlandmark_rerank(
         )
     if c.shape != (labels.shape[0],):
         raise ValueError(f"query_penalty must be [Q]={labels.shape[0]}, got {c.shape}")
-    score = np.clip(sims, 0.0, 1.0) - b
+    score = rescored_neighbors(sims, b)
     best = np.argmax(score, axis=1)[:, None]
     return (
         np.take_along_axis(labels, best, 1)[:, 0].astype(np.int64),
