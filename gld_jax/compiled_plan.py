@@ -53,7 +53,9 @@ def _abstract_model(config, num_classes: int):
 def _stage_figures(config, plan: StagePlan, mesh) -> tuple[aot.CompiledFigures, int]:
     """(figures, micro-batches) of one stage's train step."""
     model = _abstract_model(config, plan.num_classes)
-    stage = make_stage_step(config, plan, model, mesh, run_key=jax.random.key(config.seed))
+    stage = make_stage_step(
+        config, plan, model, mesh, run_key=jax.random.key(config.seed), platform="tpu"
+    )
     rows = mesh_lib.batch_sharding(mesh)
     size = plan.image_size
     batch = {

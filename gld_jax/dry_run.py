@@ -26,6 +26,13 @@ How each figure is made (say so when quoting them):
 - FLOPs per step: 3 x the forward's convolution and matmul FLOPs (the backward
   costs two forwards), 2 per multiply-add.
 - wall time: steps x FLOPs per step / (devices x peak bf16 FLOP/s x MFU).
+- host feed: images/s one host's devices consume (global batch / step time /
+  hosts; the step time is the compiled roofline with `--compile`, a lower
+  bound and so the hardest case, else the MFU estimate) against the images/s
+  one host core delivers at the stage's size (gld_jax.data.host_feed: recorded
+  figures, or measured here with `--calibrate_host`), for the augmentation
+  placement the config resolves to on the target; cores needed against the
+  host's vCPUs times the pipeline's share.
 """
 
 from __future__ import annotations
@@ -244,7 +251,14 @@ def head_residual_bytes(rows: int, classes: int, sub_centers: int, dim: int) -> 
 # --------------------------------------------------------------------------- the plan
 
 
-def plan_run(config, workdir: str, *, config_name: str = "", compile: bool = False) -> dict:
+def plan_run(
+    config,
+    workdir: str,
+    *,
+    config_name: str = "",
+    compile: bool = False,
+    calibrate_host: bool = False,
+) -> dict:
     """The dry-run report as a dict (printed by `format_plan` or as JSON).
 
     With `compile`, every stage's train step and the embedding step are also
@@ -370,7 +384,54 @@ def plan_run(config, workdir: str, *, config_name: str = "", compile: bool = Fal
     }
     if compile:
         _add_compiled(report, config, plans, num_devices, (data, model_axis), acc, budget)
+    _add_host_feed(report, config, measure=calibrate_host)
     return report
+
+
+def source_side(config) -> int:
+    """The long side of the stored JPEGs the hosts decode: the conversion's
+    `convert.max_side`, or 1024 px (the recorded rates' sources) when the
+    converter keeps originals."""
+    return int(config.convert.max_side) or 1024
+
+
+def _add_host_feed(report: dict, config, *, measure: bool) -> None:
+    """Puts each stage's host-feed check (gld_jax.data.host_feed) in the report."""
+    from gld_jax.data import host_feed
+    from gld_jax.data.augment_config import resolve_augment_on
+
+    platform = "tpu" if report["accelerator"].startswith("tpu_") else "gpu"
+    on_device = bool(config.augment) and (
+        resolve_augment_on(config.input.augment_on, platform) == "device"
+    )
+    side = source_side(config)
+    report["host_feed"] = {
+        "augment_on": "device" if on_device else "host",
+        "source_side": side,
+        "dct_scaling": bool(config.input.dct_scaling),
+    }
+    for s in report["stages"]:
+        if "compiled" in s:
+            step_seconds = s["compiled"]["roofline_seconds"]
+        else:
+            step_seconds = s["hours"] * 3600 / s["steps"]
+        geometric = bool(config.augment) and not on_device
+        rate = host_feed.per_core_rate(s["image_size"], side, geometric, measure=measure)
+        feed = host_feed.host_feed(
+            global_batch=s["global_batch"],
+            step_seconds=step_seconds,
+            hosts=report["hosts"],
+            accelerator=report["accelerator"],
+            core_rate=rate,
+        )
+        s["host_feed"] = dataclasses.asdict(feed) | {
+            "keeps_up": feed.keeps_up,
+            "host_images_per_s": feed.host_images_per_s,
+        }
+        if not feed.keeps_up:
+            s["host_feed"]["fix"] = host_feed.feed_fix(
+                feed, augment_on_device=on_device, dct_scaling=bool(config.input.dct_scaling)
+            )
 
 
 def _add_compiled(report, config, plans, num_devices, mesh_shape, acc, budget) -> None:
@@ -439,7 +500,35 @@ def format_plan(report: dict) -> str:
     if "topology" in r:
         lines.append("(with --compile, XLA's compiled figures below decide what fits)")
         lines += ["", *_format_compiled(r)]
+    lines += ["", *_format_host_feed(r)]
     return "\n".join(lines)
+
+
+def _format_host_feed(r: dict) -> list[str]:
+    from gld_jax.data import host_feed
+
+    h = r["host_feed"]
+    step = "the compiled roofline" if "topology" in r else f"{r['mfu']:.0%} MFU"
+    lines = [
+        f"host feed per host ({r['hosts']} hosts; augmentations on the {h['augment_on']}; "
+        f"{h['source_side']} px sources; step time at {step}):",
+        f"{'stage':>5} {'px':>5} {'chips img/s':>11} {'core img/s':>10} {'cores':>7} "
+        f"{'of':>5} {'vCPUs':>5}  rate",
+    ]
+    for s in r["stages"]:
+        f = s["host_feed"]
+        lines.append(
+            f"{s['stage']:>5} {s['image_size']:>5} {f['chips_images_per_s']:>11,.0f} "
+            f"{f['core_images_per_s']:>10.1f} {f['cores_needed']:>7.1f} "
+            f"{f['cores_available']:>5.0f} {f['host_vcpus']:>5}  {f['rate_source']}"
+            + ("" if f["keeps_up"] else f"  HOSTS FALL BEHIND: {f['fix']}")
+        )
+    lines.append(
+        f"(cores = chips img/s / core img/s, of = {host_feed.PIPELINE_SHARE:.0%} of the "
+        f"host's vCPUs; recorded core rates: {host_feed.RECORDED_MACHINE}, one TF thread; "
+        "--calibrate_host measures this machine's)"
+    )
+    return lines
 
 
 def _format_compiled(r: dict) -> list[str]:
@@ -501,12 +590,28 @@ def misfit_message(report: dict) -> str | None:
     return None
 
 
-def run_dry(config, workdir: str, *, config_name: str, as_json: bool, compile: bool = False) -> int:
-    """Prints the plan; returns 0, or 2 (with one line on stderr) when it won't fit."""
+def run_dry(
+    config,
+    workdir: str,
+    *,
+    config_name: str,
+    as_json: bool,
+    compile: bool = False,
+    calibrate_host: bool = False,
+) -> int:
+    """Prints the plan; returns 0, or 2 (with one line on stderr) when it won't fit.
+    Hosts that fall behind are flagged in the table, not an error: the run works,
+    slower."""
     import sys
 
     try:
-        report = plan_run(config, workdir, config_name=config_name, compile=compile)
+        report = plan_run(
+            config,
+            workdir,
+            config_name=config_name,
+            compile=compile,
+            calibrate_host=calibrate_host,
+        )
     except DryRunError as e:
         print(f"dry run: {e}", file=sys.stderr)
         return 2

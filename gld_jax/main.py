@@ -42,6 +42,12 @@ _COMPILE = flags.DEFINE_bool(
     "With --dry_run: also compile every stage for config.target's TPU slice (needs libtpu; "
     "minutes per stage) and report XLA's own memory and cost figures.",
 )
+_CALIBRATE_HOST = flags.DEFINE_bool(
+    "calibrate_host",
+    False,
+    "With --dry_run: measure this machine's per-core decode/augment rate at each stage's "
+    "size (a few seconds per stage) instead of using the recorded figures.",
+)
 
 log = logging.getLogger("gld_jax")
 
@@ -94,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             config_name=config_path,
             as_json=_JSON.value,
             compile=_COMPILE.value,
+            calibrate_host=_CALIBRATE_HOST.value,
         )
     maybe_initialize_distributed(config.distributed)
     _enable_compilation_cache(workdir)

@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from gld_jax.dry_run import GLDV2_COUNTS, misfit_message, plan_run, run_dry
+from gld_jax.data.host_feed import RECORDED_RATES
+from gld_jax.dry_run import GLDV2_COUNTS, format_plan, misfit_message, plan_run, run_dry
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -63,6 +64,17 @@ def test_recipe_config_plans_the_recipe_and_fits_a_v3_32(name, tmp_path):
         assert s["validation"]["method"] == "head"
         assert s["validation"]["images"] == math.ceil(held_out / config.val_every)
         assert 0 < s["validation"]["hours"] < 0.01 * s["hours"]
+        # Host feed: the devices' images/s per host from the step-time estimate,
+        # over a core's recorded rate at this size with the flip/warp/cutout on
+        # the TPU (augment_on=auto on a TPU target), against 0.75 of 96 vCPUs.
+        f = s["host_feed"]
+        chips = s["global_batch"] / (s["hours"] * 3600 / s["steps"]) / 4
+        assert f["chips_images_per_s"] == pytest.approx(chips)
+        assert f["cores_needed"] == pytest.approx(chips / f["core_images_per_s"])
+        assert (f["host_vcpus"], f["cores_available"]) == (96, 72)
+        assert f["core_images_per_s"] == RECORDED_RATES[(1024, s["image_size"], False)]
+        assert f["keeps_up"] == (f["cores_needed"] <= 72)
+    assert report["host_feed"]["augment_on"] == "device"
     # The 203,094 x 3 x 512 head is split over the 8-way model axis: a device
     # holds 1/8 of it. Head params in stage 0 = padded classes x K x D.
     assert stages[0]["params"]["head"] == 203_264 * 3 * 512
@@ -71,6 +83,8 @@ def test_recipe_config_plans_the_recipe_and_fits_a_v3_32(name, tmp_path):
     assert stages[0]["memory_gib_per_device"]["params"] == pytest.approx(head_gib + emb_gib)
     # Different folds per model, as the recipe trained them.
     assert config.fold in range(5)
+    text = format_plan(report)
+    assert "host feed per host (4 hosts; augmentations on the device" in text
 
 
 def test_plan_that_does_not_fit_fails_with_one_line(tmp_path, capsys):
@@ -207,3 +221,38 @@ def test_compile_for_a_gpu_target_is_one_line(tmp_path, capsys):
     assert run_dry(config, str(tmp_path), config_name="x", as_json=False, compile=True) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot be compiled without the device" in err[0]
+
+
+def test_hosts_that_fall_behind_are_flagged_with_the_fix(tmp_path, capsys):
+    """effb3 at 50% MFU on a v3-32: 26,000 images/s per host at 256 px is more
+    than 72 cores decode and warp; the row says so and names the fixes, and the
+    dry run still succeeds (a host-bound run is slow, not broken)."""
+    config = _load("effb3")
+    config.target.mfu = 0.5
+    config.input.augment_on = "host"
+    report = plan_run(config, str(tmp_path), config_name="effb3")
+    stage0 = report["stages"][0]["host_feed"]
+    assert not stage0["keeps_up"]
+    assert stage0["core_images_per_s"] == RECORDED_RATES[(1024, 256, True)]
+    assert stage0["fix"].startswith("input.augment_on=device, a smaller --max_side")
+    assert stage0["host_images_per_s"] == pytest.approx(72 * stage0["core_images_per_s"])
+    assert run_dry(config, str(tmp_path), config_name="effb3", as_json=False) == 0
+    out = capsys.readouterr().out
+    assert "HOSTS FALL BEHIND: input.augment_on=device" in out
+    # Moving the augmentations to the TPU: the host's per-image work shrinks to the
+    # decode, crop and resize, and the fix no longer suggests it.
+    config.input.augment_on = "device"
+    moved = plan_run(config, str(tmp_path), config_name="effb3")["stages"][0]["host_feed"]
+    assert moved["core_images_per_s"] == RECORDED_RATES[(1024, 256, False)]
+    assert moved["cores_needed"] < stage0["cores_needed"]
+    assert "augment_on" not in moved.get("fix", "")
+
+
+def test_calibration_measures_this_machine():
+    from gld_jax.data import host_feed
+
+    rate, source = host_feed.per_core_rate(64, 128, True, measure=True)
+    assert source == "measured" and rate > 1.0
+    rate, source = host_feed.per_core_rate(600, 1024, False, measure=False)
+    assert source.startswith("recorded (1024 px sources at 576 px")
+    assert rate == pytest.approx(RECORDED_RATES[(1024, 576, False)] * (576 / 600) ** 2)

@@ -143,8 +143,12 @@ def test_interrupted_run_resumes_exactly_and_never_repeats_a_stage(tiny_run):
     size): the step count is exact, no stage runs twice, and the final parameters
     equal an uninterrupted run's. Exactly equal is expected (same programs, same
     data order, dropout keyed by step); 1e-6 allows for XLA reordering sums
-    between differently shaped compilations."""
+    between differently shaped compilations. The flip, shift-scale-rotate and
+    cutout run inside the step (input.augment_on=device), the path TPU and GPU
+    runs take, so their draws must resume too; the host's crop still runs."""
     config, tfrecord_dir, root = tiny_run
+    config = config.copy_and_resolve_references()
+    config.input.augment_on = "device"
     mesh = mesh_lib.make_mesh(-1, 1)
     straight = str(root / "straight")
     broken = str(root / "broken")

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import ml_collections
 
+# Where the training augmentations run (`input.augment_on`).
+AUGMENT_ON = ("auto", "host", "device")
+
 
 def stage(
     *,
@@ -91,9 +94,12 @@ def base_config() -> ml_collections.ConfigDict:
     # sampling: "uniform" (each image once per epoch), "sqrt" or "balanced" class
     # sampling for the long tail. deterministic=False lets tf.data reorder for
     # speed (resume is then approximate). dct_scaling decodes JPEGs at 1/2..1/8
-    # size when the source is at least twice the stage's size.
+    # size when the source is at least twice the stage's size. augment_on: where
+    # the flip, shift-scale-rotate and cutout run: "host" (tf.data), "device"
+    # (inside the jitted train step; the host only decodes, crops and resizes)
+    # or "auto" (device on TPU/GPU, host on CPU).
     c.input = ml_collections.ConfigDict(
-        dict(sampling="uniform", deterministic=True, dct_scaling=True)
+        dict(sampling="uniform", deterministic=True, dct_scaling=True, augment_on="auto")
     )
     # "process": each process reads its own files (the scalable default).
     # "global": every process reads the whole stream and keeps its rows of each

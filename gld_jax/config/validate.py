@@ -11,7 +11,7 @@ import os
 
 import ml_collections
 
-from gld_jax.config.defaults import stage_accumulate_steps
+from gld_jax.config.defaults import AUGMENT_ON, stage_accumulate_steps
 from gld_jax.train.mesh import resolve_mesh_shape
 
 MIN_IMAGE_SIZE = 32  # EfficientNet/ResNeSt reduce the input 32x
@@ -159,6 +159,11 @@ def validate_config(
         config.input.sampling in ("uniform", "sqrt", "balanced"),
         "input.sampling",
         "must be 'uniform', 'sqrt' or 'balanced'",
+    )
+    _check(
+        config.input.augment_on in AUGMENT_ON,
+        "input.augment_on",
+        f"must be one of {', '.join(repr(a) for a in AUGMENT_ON)}",
     )
     _check(0 < config.target.mfu <= 1, "target.mfu", "must be in (0, 1]")
     _check(config.target.num_devices >= 0, "target.num_devices", "must be >= 0")

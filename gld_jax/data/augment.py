@@ -12,39 +12,13 @@ Images stay uint8 throughout; the model normalises.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import tensorflow as tf
 
+from gld_jax.data.augment_config import AugmentConfig
 
-@dataclasses.dataclass(frozen=True)
-class AugmentConfig:
-    """Probabilities and ranges of the training augmentations.
-
-    Attributes:
-      flip_prob: probability of a horizontal flip.
-      crop_prob: probability of a random crop (area/aspect ranges below) before resizing.
-      crop_area: range of the crop's area as a fraction of the image.
-      crop_aspect: range of the crop's width/height ratio.
-      ssr_prob: probability of shift-scale-rotate.
-      shift_limit: max shift as a fraction of the side (each axis, uniform +-).
-      scale_limit: scale drawn uniformly in [1 - limit, 1 + limit].
-      rotate_limit: max rotation in degrees (uniform +-).
-      cutout_prob: probability of one zero-filled rectangle.
-      cutout_max_frac: max side of that rectangle as a fraction of the image side.
-    """
-
-    flip_prob: float = 0.5
-    crop_prob: float = 0.25
-    crop_area: tuple[float, float] = (0.6, 1.0)
-    crop_aspect: tuple[float, float] = (3 / 4, 4 / 3)
-    ssr_prob: float = 0.7
-    shift_limit: float = 0.2
-    scale_limit: float = 0.2
-    rotate_limit: float = 10.0
-    cutout_prob: float = 0.5
-    cutout_max_frac: float = 0.4
+RECIPE_AUGMENT = AugmentConfig()  # frozen: safe as a default argument
 
 
 def _uniform(
@@ -259,14 +233,17 @@ def augment_train_image(
     width: tf.Tensor,
     seed: tf.Tensor,
     image_size: int,
-    config: AugmentConfig = AugmentConfig(),
+    config: AugmentConfig = RECIPE_AUGMENT,
     dct_scaling: bool = True,
+    geometric: bool = True,
 ) -> tf.Tensor:
-    """Decode + full training augmentation of one JPEG to uint8 [image_size, image_size, 3].
+    """Decode + training augmentation of one JPEG to uint8 [image_size, image_size, 3].
 
     Order (as the recipe): [random crop] -> resize -> flip -> shift-scale-rotate -> cutout.
     The geometric ops run on the resized square image, which keeps them cheap; the decode
-    itself is DCT-scaled when the (cropped) source is at least 2x image_size.
+    itself is DCT-scaled when the (cropped) source is at least 2x image_size. With
+    `geometric=False` the image stops after the resize: the train step applies the
+    flip, shift-scale-rotate and cutout on the accelerator (gld_jax.data.device_augment).
     """
     seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
     image = decode_with_random_crop(
@@ -281,6 +258,8 @@ def augment_train_image(
         dct_scaling=dct_scaling,
     )
     image = resize_square(image, image_size)
+    if not geometric:
+        return tf.ensure_shape(image, [image_size, image_size, 3])
     image = random_flip(image, seeds[1], config.flip_prob)
     image = random_shift_scale_rotate(
         image,

@@ -258,6 +258,7 @@ def train_dataset(
     deterministic: bool = True,
     dct_scaling: bool = True,
     sampling: str = "uniform",
+    host_geometric: bool = True,
 ) -> tf.data.Dataset:
     """Infinite training batches for this process.
 
@@ -291,6 +292,9 @@ def train_dataset(
         probability proportional to sqrt(n_c)) or 'balanced' (every class equally):
         images are repeated floor(w_c) or ceil(w_c) times per epoch
         (sampling_weights; the expected epoch size is unchanged).
+      host_geometric: with `augment`, also flip, shift-scale-rotate and cut out here;
+        False leaves those to the train step (`input.augment_on=device`) and the
+        host only decodes, crops and resizes.
 
     Returns:
       Dataset of {"image": uint8 [B, S, S, 3], "label": int32 [B]}, drop_remainder.
@@ -378,6 +382,7 @@ def train_dataset(
                 image_size,
                 config,
                 dct_scaling=dct_scaling,
+                geometric=host_geometric,
             )
         else:
             image = augment_lib.decode_eval_image(

@@ -16,6 +16,7 @@ import optax
 from jax.sharding import Mesh
 
 from gld_jax.config.defaults import stage_accumulate_steps
+from gld_jax.data.augment_config import AugmentConfig, resolve_augment_on
 from gld_jax.train.optim import learning_rate_schedule, make_optimizer
 from gld_jax.train.stages import StagePlan
 from gld_jax.train.state import TrainState, init_train_state, split_model
@@ -60,13 +61,32 @@ def concrete_rng_state(rng_state):
     return jax.tree.map(one, rng_state)
 
 
-def make_stage_step(config, plan: StagePlan, model, mesh: Mesh, *, run_key: jax.Array) -> StageStep:
+def augments_on_device(config, platform: str) -> bool:
+    """Whether the train step, run on `platform`, applies the augmentations
+    (`config.augment` and `input.augment_on` resolved for that platform)."""
+    return (
+        bool(config.augment) and resolve_augment_on(config.input.augment_on, platform) == "device"
+    )
+
+
+def make_stage_step(
+    config,
+    plan: StagePlan,
+    model,
+    mesh: Mesh,
+    *,
+    run_key: jax.Array,
+    platform: str | None = None,
+) -> StageStep:
     """The stage's optimizer, initial state, shardings and jitted step.
 
     Args:
       model: the LandmarkModel with the stage's head, live or from
         `nnx.eval_shape` (then `state` is abstract and nothing is allocated).
-      run_key: the run's key; the step's dropout key is folded with the stage.
+      run_key: the run's key; the step's dropout and augmentation keys are
+        folded with the stage.
+      platform: where the step will run ("cpu", "gpu", "tpu"; default JAX's
+        backend), which decides `input.augment_on="auto"`.
     """
     schedule = learning_rate_schedule(plan.learning_rate, plan.steps, plan.warmup_steps)
     tx = make_optimizer(config.optimizer, schedule)
@@ -90,5 +110,8 @@ def make_stage_step(config, plan: StagePlan, model, mesh: Mesh, *, run_key: jax.
         state_sharding=shardings,
         accumulate=accumulate,
         ema_decay=config.optimizer.ema_decay,
+        augment=AugmentConfig()
+        if augments_on_device(config, platform or jax.default_backend())
+        else None,
     )
     return StageStep(graphdef, schedule, tx, state, shardings, accumulate, step)

@@ -17,11 +17,15 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
+from gld_jax.data.augment_config import AugmentConfig
+from gld_jax.data.device_augment import augment_batch
 from gld_jax.losses import mask_padded_classes, sub_center_arcface_loss, sub_center_cosine
 from gld_jax.train import mesh as mesh_lib
 from gld_jax.train.state import TrainState
 
 Batch = dict[str, jax.Array]
+# Folded into the stage key for the augmentation stream, apart from dropout's.
+_AUGMENT_STREAM = 0x617567
 
 
 def _reseeded(model: nnx.Module, key: jax.Array, step: jax.Array) -> None:
@@ -54,6 +58,7 @@ def train_step_fn(
     ema_decay: float = 0.0,
     batch_sharding: jax.sharding.Sharding | None = None,
     head_input_sharding: jax.sharding.Sharding | None = None,
+    augment: AugmentConfig | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer update on a global batch.
 
@@ -68,6 +73,9 @@ def train_step_fn(
       batch_sharding, head_input_sharding: the layout of the batch (all devices)
         and of the embeddings entering the class-sharded head (the 'data' axis),
         from train.mesh; both None leaves the layout to XLA.
+      augment: flip, shift-scale-rotate and cutout the batch here (device
+        augmentation) with parameters drawn from (key, step, example index);
+        None: the images arrive augmented (or unaugmented) from the host.
     Returns:
       (new state, metrics {"loss", "accuracy", "grad_norm"} as float32 scalars).
     """
@@ -94,6 +102,12 @@ def train_step_fn(
         new_stats = nnx.state(model, nnx.BatchStat).to_pure_dict()
         return jnp.mean(losses), (new_stats, accuracy)
 
+    if augment is not None:
+        aug_key = jax.random.fold_in(jax.random.fold_in(key, _AUGMENT_STREAM), state.step)
+        images = augment_batch(batch["image"], aug_key, augment)
+        if batch_sharding is not None:
+            images = jax.lax.with_sharding_constraint(images, batch_sharding)
+        batch = {**batch, "image": images}
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     if accumulate == 1:
         (loss, (new_stats, accuracy)), grads = grad_fn(state.params, state.batch_stats, batch, 0)
@@ -146,8 +160,9 @@ def make_train_step(
     state_sharding,
     accumulate: int = 1,
     ema_decay: float = 0.0,
+    augment: AugmentConfig | None = None,
 ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict]]:
-    """The jitted train step; the input state buffer is donated."""
+    """The jitted train step (see train_step_fn); the input state buffer is donated."""
     fn = functools.partial(
         train_step_fn,
         graphdef=graphdef,
@@ -157,6 +172,7 @@ def make_train_step(
         key=key,
         accumulate=accumulate,
         ema_decay=ema_decay,
+        augment=augment,
         batch_sharding=mesh_lib.batch_sharding(mesh),
         head_input_sharding=mesh_lib.head_input_sharding(mesh),
     )

@@ -26,7 +26,7 @@ from gld_jax.train import mesh as mesh_lib
 from gld_jax.train.checkpoint import Checkpointer
 from gld_jax.train.optim import applied_learning_rate
 from gld_jax.train.preemption import PreemptionWatcher, TrainingPreempted
-from gld_jax.train.stage_step import make_stage_step
+from gld_jax.train.stage_step import augments_on_device, make_stage_step
 from gld_jax.train.stages import StagePlan, locate, plan_stages
 from gld_jax.train.state import eval_params, state_from_tree, state_to_tree, update_model
 from gld_jax.utils.progress import progress_bar
@@ -131,6 +131,7 @@ def _local_batches(config, tfrecord_dir: str, plan: StagePlan, *, skip_batches: 
         deterministic=config.input.deterministic,
         dct_scaling=config.input.dct_scaling,
         sampling=config.input.sampling,
+        host_geometric=not augments_on_device(config, jax.default_backend()),
     )
     for batch in ds.as_numpy_iterator():
         yield {k: v[pi * local : (pi + 1) * local] for k, v in batch.items()} if whole else batch
