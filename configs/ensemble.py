@@ -29,6 +29,8 @@ def get_config():
     c.num_neighbors = 5
     c.sim_power = 9.0
     c.head_power = 10.0
+    # scann (CPU) | exact_cpu | accelerator (the TPU/GPU devices; README "Which search")
+    c.search = "scann"
     c.nonlandmark = ""
     c.solution = ""  # recognition_solution_v2.1.csv: print GAP (overall, Public, Private)
     return c

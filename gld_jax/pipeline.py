@@ -135,9 +135,20 @@ def retrieval_validation_gap(config, tfrecord_dir: str, plan: StagePlan, embedde
         index=train_set.select(in_set & ~held_out),
         mode="top1",
         num_neighbors=1,
-        index_params={"brute_force_threshold": config.eval.brute_force_threshold},
+        index_params=index_params(config),
     )
     return _gap_of(queries, ev.labels, ev.confidences)
+
+
+def index_params(config) -> dict:
+    """build_index's keywords from `config.eval`: the search and ScaNN's threshold."""
+    e = config.eval
+    return {
+        "brute_force_threshold": e.brute_force_threshold,
+        "search": e.search,
+        "search_dtype": e.search_dtype,
+        "search_recall": float(e.search_recall),
+    }
 
 
 def validation_gaps(config, tfrecord_dir: str, plan: StagePlan, embedder) -> dict[str, float]:
@@ -209,11 +220,10 @@ def evaluate(config, workdir: str) -> dict:
     if config.eval.nonlandmark_usage and has_solution:
         nonlandmark = select_nonlandmarks(queries, solution_path, config.eval.nonlandmark_usage)
     k = config.eval.num_neighbors
-    searcher, labelled = build_labelled_index(
-        index, k, brute_force_threshold=config.eval.brute_force_threshold
-    )
+    searcher, labelled = build_labelled_index(index, k, **index_params(config))
     common = dict(
         searcher=searcher,
+        index_params=index_params(config),  # the non-landmark index's search
         index_ids=labelled.ids,
         index_labels=labelled.labels,
         num_neighbors=k,

@@ -11,6 +11,8 @@ import ml_collections
 
 # Where the training augmentations run (`input.augment_on`).
 AUGMENT_ON = ("auto", "host", "device")
+# How the test images search the index (`eval.search`; gld_jax.retrieval.index.build_index).
+SEARCHES = ("scann", "exact_cpu", "accelerator", "auto")
 
 
 def stage(
@@ -184,6 +186,11 @@ def base_config() -> ml_collections.ConfigDict:
     # index: the images searched at test time: "clean" (train_clean.csv),
     # "clean_classes_full" (every train.csv image of a clean class, the 1st
     # place's extended index) or "full" (all of train.csv).
+    # search: "scann" (CPU; exact numpy below brute_force_threshold rows),
+    # "exact_cpu", "accelerator" (the index sharded over the TPU/GPU devices,
+    # searched by matmul in search_dtype; search_recall 1.0 = exact top-k, below
+    # 1 lax.approx_max_k's recall target) or "auto" (the accelerator when one is
+    # present and the index fits its memory, else ScaNN).
     # nonlandmark_usage: the re-rank modes' non-landmark set, the test images the
     # solution lists as non-landmarks with this Usage ("Public": then judge the
     # re-ranking on Private); "" = none (no re-rank rows in the summary).
@@ -194,6 +201,9 @@ def base_config() -> ml_collections.ConfigDict:
             validation="head",
             num_neighbors=5,
             brute_force_threshold=20_000,
+            search="scann",
+            search_dtype="float32",
+            search_recall=1.0,
             prediction="blend",
             head_top_k=5,
             sim_power=9.0,

@@ -11,7 +11,7 @@ import os
 
 import ml_collections
 
-from gld_jax.config.defaults import AUGMENT_ON, stage_accumulate_steps
+from gld_jax.config.defaults import AUGMENT_ON, SEARCHES, stage_accumulate_steps
 from gld_jax.train.mesh import resolve_mesh_shape
 
 MIN_IMAGE_SIZE = 32  # EfficientNet/ResNeSt reduce the input 32x
@@ -160,6 +160,17 @@ def validate_config(
         "input.sampling",
         "must be 'uniform', 'sqrt' or 'balanced'",
     )
+    _check(
+        config.eval.search in SEARCHES,
+        "eval.search",
+        f"must be one of {', '.join(repr(a) for a in SEARCHES)}",
+    )
+    _check(
+        config.eval.search_dtype in ("float32", "bfloat16"),
+        "eval.search_dtype",
+        "must be 'float32' or 'bfloat16'",
+    )
+    _check(0 < config.eval.search_recall <= 1, "eval.search_recall", "must be in (0, 1]")
     _check(
         config.input.augment_on in AUGMENT_ON,
         "input.augment_on",

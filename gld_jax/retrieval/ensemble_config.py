@@ -26,6 +26,9 @@ KEYS = (
     "num_neighbors",
     "sim_power",
     "head_power",
+    "search",
+    "search_dtype",
+    "search_recall",
     "nonlandmark",
     "solution",
 )
@@ -105,7 +108,7 @@ def config_to_args(config: ml_collections.ConfigDict) -> list[str]:
     args += ["--queries", *(os.path.join(d, "test") for d in dirs)]
     args += ["--weights", *(str(w) for w in config.weights)]
     args += ["--mode", config.mode, "--num_neighbors", str(config.num_neighbors)]
-    for key in ("sim_power", "head_power"):
+    for key in ("sim_power", "head_power", "search", "search_dtype", "search_recall"):
         if key in config:
             args += [f"--{key}", str(config[key])]
     if config.nonlandmark:

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from gld_jax.retrieval.accelerator_search import SEARCHES, AcceleratorIndex
 from gld_jax.retrieval.embeddings import EmbeddingSet, load_embeddings
 from gld_jax.retrieval.ensemble import combine_embedding_sets, model_means
 from gld_jax.retrieval.ensemble_config import (
@@ -31,7 +32,7 @@ from gld_jax.retrieval.ensemble_config import (
     load_ensemble_config,
     split_config_args,
 )
-from gld_jax.retrieval.index import NeighborIndex, build_scann_index, load_index
+from gld_jax.retrieval.index import NeighborIndex, build_index, load_index
 from gld_jax.retrieval.predict import (
     predict_blend,
     predict_head,
@@ -45,6 +46,11 @@ from gld_jax.retrieval.rerank import (
 )
 from gld_jax.retrieval.submission import write_submission
 from gld_jax.utils import fs
+
+# build_index's keywords that choose the search (the rest are ScaNN's).
+SEARCH_KEYS = ("search", "search_dtype", "search_recall")
+# A NeighborIndex (ScaNN or numpy) or an AcceleratorIndex: the same search contract.
+Searcher = NeighborIndex | AcceleratorIndex
 
 __all__ = ["Evaluation", "build_labelled_index", "evaluate_retrieval", "load_ensemble", "main"]
 
@@ -89,9 +95,9 @@ def _save_rows(directory: str, emb: EmbeddingSet) -> None:
 
 def build_labelled_index(
     index: EmbeddingSet, num_neighbors: int, **index_params
-) -> tuple[NeighborIndex, EmbeddingSet]:
+) -> tuple[Searcher, EmbeddingSet]:
     """(searcher over the rows with a label >= 0, those rows); keyword arguments
-    go to :func:`build_scann_index`.
+    go to :func:`gld_jax.retrieval.index.build_index` (the search and its parameters).
 
     Raises:
       ValueError: no row has a label.
@@ -99,7 +105,7 @@ def build_labelled_index(
     labelled = index.select(index.labels >= 0)
     if len(labelled) == 0:
         raise ValueError("the index has no labelled rows")
-    searcher = build_scann_index(
+    searcher = build_index(
         np.asarray(labelled.embeddings, np.float32), num_neighbors=num_neighbors, **index_params
     )
     return searcher, labelled
@@ -109,7 +115,7 @@ def evaluate_retrieval(
     queries: EmbeddingSet,
     *,
     index: EmbeddingSet | None = None,
-    searcher: NeighborIndex | None = None,
+    searcher: Searcher | None = None,
     index_ids: np.ndarray | None = None,
     index_labels: np.ndarray | None = None,
     mode: str = "top1",
@@ -132,7 +138,9 @@ def evaluate_retrieval(
       num_neighbors: k of the index search (the blend's K).
       nonlandmark: ``[M, D]`` non-landmark embeddings (the re-rank modes only).
       nonlandmark_neighbors: k of B and C (mean cosine to the k nearest non-landmarks).
-      index_params: keyword overrides for :func:`build_scann_index`.
+      index_params: keywords of :func:`gld_jax.retrieval.index.build_index`: the
+        search ("scann", "exact_cpu", "accelerator", "auto"), its dtype and
+        recall, and ScaNN overrides; the non-landmark index takes the same search.
       sim_power, head_power: the blend's exponents a and b.
       neighbors: ``(rows [Q, k], sims [Q, k])`` of an earlier search of the same
         queries in the same searcher, to score another mode without searching again.
@@ -172,7 +180,13 @@ def evaluate_retrieval(
     if mode in RERANK_MODES:
         t0 = time.perf_counter()
         b, c = _nonlandmark_penalties(
-            searcher, rows, queries, nonlandmark, nonlandmark_neighbors, index_ids
+            searcher,
+            rows,
+            queries,
+            nonlandmark,
+            nonlandmark_neighbors,
+            index_ids,
+            {k: v for k, v in (index_params or {}).items() if k in SEARCH_KEYS},
         )
         timings["rerank_s"] = round(time.perf_counter() - t0, 3)
     if mode == "top1":
@@ -208,16 +222,18 @@ def evaluate_retrieval(
 
 
 def _nonlandmark_penalties(
-    searcher: NeighborIndex,
+    searcher: Searcher,
     rows: np.ndarray,
     queries: EmbeddingSet,
     nonlandmark: EmbeddingSet,
     k: int,
     index_ids: np.ndarray,
+    search: dict,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(B [Q, k] of each retrieved index row, C [Q] of each query): mean cosines
-    to the k nearest non-landmark images (see gld_jax.retrieval.rerank)."""
-    nl_index = build_scann_index(np.asarray(nonlandmark.embeddings, np.float32))
+    to the k nearest non-landmark images (see gld_jax.retrieval.rerank), searched
+    with `search` (build_index's search keywords)."""
+    nl_index = build_index(np.asarray(nonlandmark.embeddings, np.float32), **search)
     # B only for the index rows that some query retrieved: the rest never matter.
     used, inverse = np.unique(rows, return_inverse=True)
     b_used = nonlandmark_similarity(
@@ -280,6 +296,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--report_queries", type=int, default=24, help="queries in the report's grid")
     p.add_argument("--save_index", help="folder to save the built index into")
     p.add_argument("--load_index", help="folder of a saved index (then --index is not needed)")
+    p.add_argument(
+        "--search",
+        default="scann",
+        choices=SEARCHES,
+        help="scann (CPU, default), exact_cpu, accelerator (matmul on the TPU/GPU devices) "
+        "or auto (the accelerator when present and the index fits, else scann)",
+    )
+    p.add_argument(
+        "--search_dtype",
+        default="float32",
+        choices=("float32", "bfloat16"),
+        help="accelerator search: the index's dtype on the devices",
+    )
+    p.add_argument(
+        "--search_recall",
+        type=float,
+        default=1.0,
+        help="accelerator search: 1.0 = exact top-k; below 1, lax.approx_max_k's recall target",
+    )
     p.add_argument("--brute_force_threshold", type=int, default=20_000)
     p.add_argument("--num_leaves", type=int)
     p.add_argument("--leaves_to_search", type=int)
@@ -307,6 +342,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError("--num_neighbors and --nonlandmark_neighbors must be >= 1")
     if args.sim_power < 0 or args.head_power < 0:
         raise ValueError("--sim_power and --head_power must be >= 0")
+    if not 0 < args.search_recall <= 1:
+        raise ValueError(f"--search_recall must be in (0, 1], got {args.search_recall}")
     if args.report and not args.tfrecord_dir:
         raise ValueError("--report needs --tfrecord_dir (the images come from the TFRecords)")
     path_flags = ("index", "queries", "nonlandmark", "solution", "output", "report")
@@ -368,11 +405,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             nonlandmark=nonlandmark,
             nonlandmark_neighbors=args.nonlandmark_neighbors,
         )
+        search = {k: getattr(args, k) for k in SEARCH_KEYS}
+        common["index_params"] = search  # the non-landmark index's search
         timings = {}
         if args.load_index:
             searcher = load_index(
                 args.load_index, leaves_to_search=args.leaves_to_search, reorder=args.reorder
             )
+            if args.search != "scann":  # the saved rows, searched the asked way
+                searcher = build_index(
+                    searcher.embeddings, num_neighbors=args.num_neighbors, **search
+                )
             z = fs.load_npz(os.path.join(args.load_index, _ROWS))
             ids, labels = z["ids"], z["labels"]
         else:
@@ -382,6 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.num_neighbors,
                 brute_force_threshold=args.brute_force_threshold,
                 **index_params,
+                **search,
             )
             timings["build_s"] = round(time.perf_counter() - t0, 3)
             ids, labels = labelled.ids, labelled.labels

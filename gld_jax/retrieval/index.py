@@ -25,6 +25,7 @@ from gld_jax.utils import fs
 
 __all__ = [
     "NeighborIndex",
+    "build_index",
     "build_scann_index",
     "default_tree_params",
     "exact_search",
@@ -64,6 +65,15 @@ def _top_k_rows(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     n = scores.shape[1]
     if k < n:
         idx = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        # argpartition picks any of the columns tied at the k-th score: where it
+        # left out a lower-numbered one, take the tied columns in column order.
+        kth = np.take_along_axis(scores, idx, axis=1).min(axis=1)
+        tied = (scores == kth[:, None]).sum(axis=1)
+        taken = (np.take_along_axis(scores, idx, axis=1) == kth[:, None]).sum(axis=1)
+        for r in np.flatnonzero(tied > taken):
+            above = np.flatnonzero(scores[r] > kth[r])
+            ties = np.flatnonzero(scores[r] == kth[r])[: k - len(above)]
+            idx[r] = np.concatenate([above, ties])
     else:
         idx = np.broadcast_to(np.arange(n), scores.shape).copy()
     vals = np.take_along_axis(scores, idx, axis=1)
@@ -268,6 +278,64 @@ class NeighborIndex:
         return out_idx, out_val
 
 
+def _unit_rows(embeddings: np.ndarray, num_neighbors: int) -> np.ndarray:
+    """float32 [N, D] rows, checked: non-empty, finite, of unit norm (to 1e-2)."""
+    emb = _as_matrix(embeddings, "embeddings")
+    if emb.shape[0] == 0:
+        raise ValueError("embeddings is empty: nothing to index")
+    if num_neighbors < 1:
+        raise ValueError(f"num_neighbors must be >= 1, got {num_neighbors}")
+    worst = float(np.max(np.abs(row_norms(emb) - 1.0)))
+    if worst > _NORM_TOLERANCE:
+        raise ValueError(f"embeddings must be L2-normalised (max | |x| - 1 | = {worst:.3g})")
+    return emb
+
+
+def build_index(
+    embeddings: np.ndarray,
+    *,
+    search: str = "scann",
+    num_neighbors: int = 10,
+    search_dtype: str = "float32",
+    search_recall: float = 1.0,
+    **scann_params,
+):
+    """A searcher over L2-normalised embeddings, by `eval.search`:
+
+    - "scann": :func:`build_scann_index` (exact numpy below its brute-force
+      threshold, a ScaNN tree above), with `scann_params`;
+    - "exact_cpu": exact numpy search at any size;
+    - "accelerator": rows sharded over the devices, searched by matmul
+      (gld_jax.retrieval.accelerator_search), in `search_dtype`, exact top-k
+      for `search_recall` 1.0, else `lax.approx_max_k` with that recall target;
+    - "auto": the accelerator where a TPU or GPU is present and the index fits, else ScaNN.
+
+    Every searcher has `search(queries, k) -> (rows [Q, k], cosines [Q, k])`,
+    `embeddings`, `size`, `dim` and `kind`.
+
+    Raises:
+      ValueError: bad embeddings or parameters; IndexTooLargeError (a
+        ValueError) for "accelerator" with an index its devices cannot hold.
+    """
+    from gld_jax.retrieval import accelerator_search
+
+    emb = _unit_rows(embeddings, num_neighbors)
+    kind = accelerator_search.resolve_search(
+        search, rows=emb.shape[0], dim=emb.shape[1], dtype=search_dtype
+    )
+    if kind == "accelerator":
+        return accelerator_search.AcceleratorIndex(
+            emb,
+            num_neighbors=num_neighbors,
+            dtype=search_dtype,
+            approx=search_recall < 1.0,
+            recall_target=search_recall,
+        )
+    if kind == "exact_cpu":
+        return NeighborIndex(emb, num_neighbors=num_neighbors)
+    return build_scann_index(emb, num_neighbors=num_neighbors, **scann_params)
+
+
 def build_scann_index(
     embeddings: np.ndarray,
     *,
@@ -299,16 +367,8 @@ def build_scann_index(
     Raises:
       ValueError: not 2-D, empty, non-finite, not normalised, bad parameters.
     """
-    emb = _as_matrix(embeddings, "embeddings")
+    emb = _unit_rows(embeddings, num_neighbors)
     n = emb.shape[0]
-    if n == 0:
-        raise ValueError("embeddings is empty: nothing to index")
-    if num_neighbors < 1:
-        raise ValueError(f"num_neighbors must be >= 1, got {num_neighbors}")
-    norms = row_norms(emb)
-    worst = float(np.max(np.abs(norms - 1.0)))
-    if worst > _NORM_TOLERANCE:
-        raise ValueError(f"embeddings must be L2-normalised (max | |x| - 1 | = {worst:.3g})")
     if n < brute_force_threshold:
         return NeighborIndex(emb, num_neighbors=num_neighbors)
     if n < _AH_CODES:
