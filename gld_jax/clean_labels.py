@@ -65,16 +65,17 @@ def main(argv: list[str] | None = None) -> int:
     from gld_jax.retrieval.extract import Embedder
     from gld_jax.train.cleanup import angles_to_dominant, select_noisy
     from gld_jax.train.mesh import make_mesh
-    from gld_jax.train.trainer import train
+    from gld_jax.train.trainer import RunNotFinished, restore_trained_model
 
     config, workdir = _CONFIG.value, _WORKDIR.value
     mesh = make_mesh(config.mesh.data, config.mesh.model)
     tfrecord_dir = prepare_data(config, workdir)
-    result = train(
-        config, workdir=workdir, tfrecord_dir=tfrecord_dir, mesh=mesh, stop_after_steps=0
-    )
-    if result.global_step < result.plans[-1].last_step:
-        print(f"error: {workdir} holds no finished run; train it first", file=sys.stderr)
+    try:
+        result = restore_trained_model(
+            config, workdir=workdir, tfrecord_dir=tfrecord_dir, mesh=mesh
+        )
+    except RunNotFinished as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
     plan = result.plans[-1]
     emb, aux = _eval_split(

@@ -27,12 +27,12 @@ from flax import nnx
 
 from gld_jax.models.landmark import build_model, padded_num_classes
 from gld_jax.models.layers import tracing_for
+from gld_jax.retrieval.extract import make_embed_step
 from gld_jax.train import aot
 from gld_jax.train import mesh as mesh_lib
 from gld_jax.train.stage_step import concrete_rng_state, make_stage_step
 from gld_jax.train.stages import StagePlan
 from gld_jax.train.state import split_model
-from gld_jax.train.step import make_embed_step
 
 log = logging.getLogger(__name__)
 

@@ -46,7 +46,7 @@ import os
 import jax
 import jax.numpy as jnp
 
-from gld_jax.utils import fs
+from gld_jax.data import manifest
 
 GIB = 2**30
 USABLE_FRACTION = 0.9  # of device memory, leaving room for XLA's scratch buffers
@@ -126,7 +126,7 @@ def dataset_counts(config, workdir: str) -> tuple[dict, dict, str]:
     published counts with the held-out fold taken off (1/folds of the images).
     """
     tfrecord_dir = config.tfrecord_dir or os.path.join(workdir, "tfrecords")
-    if _manifest_exists(tfrecord_dir):
+    if manifest.exists(tfrecord_dir):
         from gld_jax.train.trainer import stage_label_info
 
         num_classes, num_train = stage_label_info(tfrecord_dir, config)
@@ -154,10 +154,6 @@ def validation_images(config, num_train: int) -> int:
     head = math.ceil(held_out / config.val_every)
     retrieval = num_train + held_out
     return {"head": head, "retrieval": retrieval, "both": head + retrieval}[config.eval.validation]
-
-
-def _manifest_exists(tfrecord_dir: str) -> bool:
-    return fs.exists(os.path.join(tfrecord_dir, "manifest.json"))
 
 
 # --------------------------------------------------------------------------- model costs

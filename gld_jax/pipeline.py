@@ -13,6 +13,7 @@ import os
 import jax
 import numpy as np
 
+from gld_jax.data.batches import host_batches
 from gld_jax.data.prepare import prepare_data, resolve_dirs
 from gld_jax.metrics import correct_mask, global_average_precision, ranking_auc, read_solution
 from gld_jax.retrieval.embeddings import (
@@ -340,6 +341,7 @@ def run_pipeline(
             workdir=workdir,
             tfrecord_dir=tfrecord_dir,
             mesh=mesh,
+            batches=host_batches(config, tfrecord_dir),
             validate_fn=validate_fn,
             stop_after_steps=stop_after_steps,
         )

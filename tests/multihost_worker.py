@@ -68,6 +68,7 @@ def main() -> None:
         jax.config.update("jax_compilation_cache_dir", os.environ["GLD_JAX_TEST_COMPILE_CACHE"])
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
+    from gld_jax.data.batches import host_batches
     from gld_jax.data.prepare import resolve_dirs
     from gld_jax.train.mesh import make_mesh
     from gld_jax.train.trainer import train
@@ -82,6 +83,7 @@ def main() -> None:
                 workdir=args.workdir,
                 tfrecord_dir=tfrecord_dir,
                 mesh=make_mesh(-1, 1),
+                batches=host_batches(config, tfrecord_dir),
                 stop_after_steps=steps,
             )
             histories.append(result.history)

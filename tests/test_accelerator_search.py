@@ -14,7 +14,8 @@ from gld_jax.retrieval.accelerator_search import (
 )
 from gld_jax.retrieval.embeddings import EmbeddingSet, save_embeddings
 from gld_jax.retrieval.evaluate import evaluate_retrieval, main
-from gld_jax.retrieval.index import build_index, exact_search
+from gld_jax.retrieval.index import exact_search
+from gld_jax.retrieval.searchers import build_index
 
 
 def _unit(x):

@@ -128,6 +128,13 @@ def test_cli_refuses_unsupported_url_schemes_before_writing(tmp_path, flag, word
     assert not os.listdir(cwd) and not (tmp_path / "run").exists()
 
 
+def test_config_backbones_are_the_registry():
+    from gld_jax.config.defaults import BACKBONES
+    from gld_jax.models.registry import backbone_names
+
+    assert list(BACKBONES) == backbone_names()
+
+
 def test_config_prediction_modes_are_the_evaluators():
     from gld_jax.config.validate import PREDICTIONS
     from gld_jax.retrieval.evaluate import MODES

@@ -129,9 +129,16 @@ def _stem_statistics_error(config, tfr, workdir) -> float:
     running variance (what eval mode normalises with) against the variance of
     the stem convolution's output on the training images (what train mode
     normalises with), averaged over channels."""
+    from gld_jax.data.batches import host_batches
     from gld_jax.train.trainer import train
 
-    result = train(config, workdir=str(workdir), tfrecord_dir=tfr, mesh=make_mesh(-1, 1))
+    result = train(
+        config,
+        workdir=str(workdir),
+        tfrecord_dir=tfr,
+        mesh=make_mesh(-1, 1),
+        batches=host_batches(config, tfr),
+    )
     model = result.model
     plan = result.plans[-1]
     ds = input_pipeline.eval_dataset(

@@ -217,7 +217,7 @@ def test_validation_takes_every_nth_of_a_fold(dirs):
     every, fold = 3, 1
     # Oracle: each shard file in order, records of the fold, every 3rd of them.
     expected = []
-    for name in manifest["splits"]["train"]["files"]:
+    for name in manifest.data["splits"]["train"]["files"]:
         in_fold = []
         for raw in tf.data.TFRecordDataset(os.path.join(out, name)).as_numpy_iterator():
             f = tf.train.Example.FromString(raw).features.feature

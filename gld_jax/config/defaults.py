@@ -9,6 +9,22 @@ from __future__ import annotations
 
 import ml_collections
 
+# gld_jax.models.registry's backbone names (config sits below models;
+# tests/test_config.py holds the two equal).
+BACKBONES = (
+    "efficientnet_b0",
+    "efficientnet_b0_shallow",
+    "efficientnet_b1",
+    "efficientnet_b2",
+    "efficientnet_b3",
+    "efficientnet_b4",
+    "efficientnet_b5",
+    "efficientnet_b6",
+    "efficientnet_b7",
+    "resnest101",
+    "resnest200",
+    "resnest50",
+)
 # Where the training augmentations run (`input.augment_on`).
 AUGMENT_ON = ("auto", "host", "device")
 # How the test images search the index (`eval.search`; gld_jax.retrieval.index.build_index).
@@ -52,6 +68,36 @@ def stage(
             accumulate_steps=accumulate_steps,
         )
     )
+
+
+def resolve_mesh_shape(data: int, model: int, num_devices: int) -> tuple[int, int]:
+    """Resolves a (data, model) request where one entry may be -1 ("the rest").
+
+    Raises:
+      ValueError: when the shape does not use exactly `num_devices` devices.
+    """
+    if data == -1 and model == -1:
+        raise ValueError("only one of mesh.data and mesh.model may be -1")
+    if model == -1:
+        if data <= 0 or num_devices % data:
+            raise ValueError(f"mesh.data={data} does not divide the {num_devices} devices")
+        model = num_devices // data
+    if data == -1:
+        if model <= 0 or num_devices % model:
+            raise ValueError(f"mesh.model={model} does not divide the {num_devices} devices")
+        data = num_devices // model
+    if data <= 0 or model <= 0 or data * model != num_devices:
+        raise ValueError(
+            f"mesh {data}x{model} needs {data * model} devices but {num_devices} are present"
+        )
+    return data, model
+
+
+def training_folds(config) -> list[int] | None:
+    """The folds a run trains on: all but the held-out `fold` (None: every fold)."""
+    if config.fold < 0:
+        return None
+    return [f for f in range(config.folds) if f != config.fold]
 
 
 def stage_accumulate_steps(config: ml_collections.ConfigDict, index: int) -> int:

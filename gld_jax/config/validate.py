@@ -11,8 +11,13 @@ import os
 
 import ml_collections
 
-from gld_jax.config.defaults import AUGMENT_ON, SEARCHES, stage_accumulate_steps
-from gld_jax.train.mesh import resolve_mesh_shape
+from gld_jax.config.defaults import (
+    AUGMENT_ON,
+    BACKBONES,
+    SEARCHES,
+    resolve_mesh_shape,
+    stage_accumulate_steps,
+)
 
 MIN_IMAGE_SIZE = 32  # EfficientNet/ResNeSt reduce the input 32x
 LABEL_SETS = ("full", "clean")
@@ -51,7 +56,6 @@ def validate_config(
     check_data=False skips the data-location checks (the dry run plans a run
     whose data may not be reachable from where it is planned).
     """
-    from gld_jax.models.registry import backbone_names  # light: no TF, no weights
     from gld_jax.utils.fs import unsupported_scheme
 
     paths = {
@@ -64,7 +68,7 @@ def validate_config(
         if problem:
             raise ConfigError(key, problem.split(": ", 1)[1])
 
-    names = backbone_names()
+    names = BACKBONES
     _check(
         config.model.backbone in names,
         "model.backbone",

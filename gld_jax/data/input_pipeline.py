@@ -6,7 +6,8 @@
         JPEGs decoded at reduced DCT scale when the stage's images are small.
     eval_dataset: one pass, no augmentation, padded to whole batches with "mask";
         every process yields the same number of batches (multi-host jit needs that).
-    num_examples / class_counts / landmark_ids: numbers from manifest.json.
+    num_examples / class_counts / landmark_ids: numbers from manifest.json
+        (gld_jax.data.manifest, re-exported here).
 
 Labels are contiguous classes of a label set ('full' = train.csv, 'clean' =
 train_clean.csv): the landmark id of each record is looked up in the manifest's table,
@@ -16,7 +17,6 @@ train_clean.csv are dropped. Batch sizes are per process.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -25,130 +25,32 @@ import numpy as np
 import tensorflow as tf
 
 from gld_jax.data import augment as augment_lib
+from gld_jax.data.manifest import (  # noqa: F401  (re-exported: the pipeline's numbers)
+    Manifest,
+    check_split,
+    class_counts,
+    landmark_ids,
+    num_examples,
+    read_manifest,
+)
 from tfrecords_tools import features
 
-MANIFEST_FILE = "manifest.json"
-SUPPORTED_VERSION = 1
-SPLITS = ("train", "test", "index")
 READ_BUFFER_BYTES = 4 << 20  # per open shard file
-
-
-# --------------------------------------------------------------------------- manifest
-
-
-def read_manifest(tfrecord_dir: str) -> dict:
-    """The manifest.json of a TFRecord directory (see tfrecords_tools/build_gldv2.py).
-
-    Raises:
-      FileNotFoundError: no manifest (the directory was not built, or not finished).
-      ValueError: a manifest version this code does not read.
-    """
-    from gld_jax.utils import fs
-
-    path = os.path.join(tfrecord_dir, MANIFEST_FILE)
-    if not fs.exists(path):
-        raise FileNotFoundError(
-            f"no {MANIFEST_FILE} in {tfrecord_dir}; build it with "
-            "python -m tfrecords_tools.build_gldv2"
-        )
-    with fs.open_file(path) as f:
-        manifest = json.load(f)
-    if manifest.get("version") != SUPPORTED_VERSION:
-        raise ValueError(
-            f"{path}: manifest version {manifest.get('version')} is not "
-            f"{SUPPORTED_VERSION}; rebuild the TFRecords"
-        )
-    return manifest
-
-
-def _check_label_set(manifest: dict, label_set: str) -> None:
-    if label_set not in manifest["label_sets"]:
-        raise ValueError(
-            f"unknown label_set {label_set!r}; the manifest has {sorted(manifest['label_sets'])}"
-        )
-
-
-def _check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-
-
-def _check_folds(manifest: dict, folds: Sequence[int] | None) -> list[int]:
-    n = manifest["folds"]
-    if folds is None:
-        return list(range(n))
-    folds = [int(f) for f in folds]
-    if not folds or any(not 0 <= f < n for f in folds):
-        raise ValueError(f"folds must be a non-empty subset of 0..{n - 1}, got {folds}")
-    return sorted(set(folds))
-
-
-def landmark_ids(tfrecord_dir: str, label_set: str = "full") -> np.ndarray:
-    """int64 [num_classes]: original landmark id of each class (class i = landmark_ids[i])."""
-    manifest = read_manifest(tfrecord_dir)
-    _check_label_set(manifest, label_set)
-    return np.asarray(manifest["label_sets"][label_set]["landmark_ids"], np.int64)
-
-
-def class_counts(tfrecord_dir: str, label_set: str = "full") -> np.ndarray:
-    """int64 [num_classes]: training images per class (all folds) in the stored shards.
-
-    A class can have 0 images only if every one of its files failed to decode
-    (see manifest label_sets[name]["num_empty_classes"]).
-    """
-    manifest = read_manifest(tfrecord_dir)
-    _check_label_set(manifest, label_set)
-    return np.asarray(manifest["label_sets"][label_set]["class_counts"], np.int64)
-
-
-def _file_counts(
-    manifest: dict, split: str, label_set: str, folds: Sequence[int] | None, every: int
-) -> list[int]:
-    """Selected records per shard file: per file ceil(records in set and folds / every)."""
-    info = manifest["splits"][split]
-    if split == "train":
-        folds = _check_folds(manifest, folds)
-        raw = [sum(row[f] for f in folds) for row in info["shard_fold_counts"][label_set]]
-    else:
-        raw = list(info["shard_counts"])
-    return [math.ceil(n / every) for n in raw]
-
-
-def num_examples(
-    tfrecord_dir: str,
-    split: str,
-    *,
-    label_set: str = "full",
-    folds: Sequence[int] | None = None,
-    every: int = 1,
-) -> int:
-    """Records a one-pass read selects, from the manifest (no file is read).
-
-    For train: images of `label_set` in `folds` (None = all). For test/index: all
-    (label_set and folds do not filter). `every` > 1 counts the every-th selection of
-    eval_dataset: per shard file ceil(n / every).
-    """
-    manifest = read_manifest(tfrecord_dir)
-    _check_split(split)
-    _check_label_set(manifest, label_set)
-    if every < 1:
-        raise ValueError(f"every must be >= 1, got {every}")
-    return sum(_file_counts(manifest, split, label_set, folds, every))
 
 
 # --------------------------------------------------------------------------- records
 
 
-def _files(tfrecord_dir: str, manifest: dict, split: str) -> list[str]:
-    return [os.path.join(tfrecord_dir, name) for name in manifest["splits"][split]["files"]]
+def _files(tfrecord_dir: str, manifest: Manifest, split: str) -> list[str]:
+    return [os.path.join(tfrecord_dir, name) for name in manifest.files(split)]
 
 
 def _read_records(path: tf.Tensor) -> tf.data.Dataset:
     return tf.data.TFRecordDataset(path, buffer_size=READ_BUFFER_BYTES)
 
 
-def _label_table(manifest: dict, label_set: str) -> tf.lookup.StaticHashTable:
-    ids = manifest["label_sets"][label_set]["landmark_ids"]
+def _label_table(manifest: Manifest, label_set: str) -> tf.lookup.StaticHashTable:
+    ids = manifest.landmark_ids(label_set).tolist()
     init = tf.lookup.KeyValueTensorInitializer(
         tf.constant(ids, tf.int64), tf.range(len(ids), dtype=tf.int64)
     )
@@ -213,11 +115,11 @@ def records_per_epoch(
     record is read by exactly one process per epoch.
     """
     manifest = read_manifest(tfrecord_dir)
-    _check_label_set(manifest, label_set)
-    fold_list = None if folds is None else _check_folds(manifest, folds)
+    manifest.check_label_set(label_set)
+    fold_list = None if folds is None else manifest.check_folds(folds)
     files = _files(tfrecord_dir, manifest, "train")
     _, shard_records = _shard_files(files, process_index, process_count)
-    counts = _file_counts(manifest, "train", label_set, fold_list, 1)
+    counts = manifest.file_counts("train", label_set=label_set, folds=fold_list)
     if shard_records:
         return len(range(process_index, sum(counts), process_count))
     return sum(counts[process_index::process_count])
@@ -303,7 +205,7 @@ def train_dataset(
       ValueError: bad arguments, or no training record for this process.
     """
     manifest = read_manifest(tfrecord_dir)
-    _check_label_set(manifest, label_set)
+    manifest.check_label_set(label_set)
     if image_size < 1 or batch_size < 1 or skip_batches < 0:
         raise ValueError(
             f"need image_size, batch_size >= 1 and skip_batches >= 0, got "
@@ -311,7 +213,7 @@ def train_dataset(
         )
     if sampling not in SAMPLING_POWERS:
         raise ValueError(f"sampling must be one of {sorted(SAMPLING_POWERS)}, got {sampling!r}")
-    fold_list = None if folds is None else _check_folds(manifest, folds)
+    fold_list = None if folds is None else manifest.check_folds(folds)
     files = _files(tfrecord_dir, manifest, "train")
     my_files, shard_records = _shard_files(files, process_index, process_count)
     mine = records_per_epoch(
@@ -331,7 +233,7 @@ def train_dataset(
     keep = _selector("train", label_set, fold_list)
     weights = None
     if sampling != "uniform":
-        counts = manifest["label_sets"][label_set]["class_counts"]
+        counts = manifest.class_counts(label_set)
         weights = tf.constant(
             sampling_weights(np.asarray(counts), SAMPLING_POWERS[sampling]), tf.float32
         )
@@ -428,7 +330,9 @@ def eval_num_batches(
 ) -> int:
     """Batches eval_dataset yields on every process (the same on all of them)."""
     manifest = read_manifest(tfrecord_dir)
-    counts = _file_counts(manifest, split, label_set, None if fold is None else [fold], every)
+    counts = manifest.file_counts(
+        split, label_set=label_set, folds=None if fold is None else [fold], every=every
+    )
     if len(counts) >= process_count:
         largest = max(sum(counts[p::process_count]) for p in range(process_count))
     else:
@@ -471,16 +375,16 @@ def eval_dataset(
       yields eval_num_batches(...) batches; len(dataset) is known.
     """
     manifest = read_manifest(tfrecord_dir)
-    _check_split(split)
-    _check_label_set(manifest, label_set)
+    check_split(split)
+    manifest.check_label_set(label_set)
     if every < 1 or image_size < 1 or batch_size < 1:
         raise ValueError("every, image_size and batch_size must be >= 1")
     if fold is not None and split != "train":
         raise ValueError(f"fold selects validation images of train, not of {split!r}")
-    fold_list = None if fold is None else _check_folds(manifest, [fold])
+    fold_list = None if fold is None else manifest.check_folds([fold])
     files = _files(tfrecord_dir, manifest, split)
     my_files, shard_records = _shard_files(files, process_index, process_count)
-    counts = _file_counts(manifest, split, label_set, fold_list, every)
+    counts = manifest.file_counts(split, label_set=label_set, folds=fold_list, every=every)
     if shard_records:
         mine = len(range(process_index, sum(counts), process_count))
     else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 
+from gld_jax.data import manifest
 from gld_jax.utils import fs
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ def path_problem(config, workdir: str) -> str | None:
         lambda: fs.writable_problem(workdir, "--workdir"),
         lambda: fs.writable_problem(config.checkpoint_dir, "checkpoint_dir"),
     ]
-    if not fs.exists(os.path.join(tfrecord_dir, "manifest.json")):
+    if not manifest.exists(tfrecord_dir):
         data_check = fs.writable_problem if config.synthetic.enabled else fs.readable_dir_problem
         checks += [
             lambda: fs.writable_problem(tfrecord_dir, "tfrecord_dir"),
@@ -42,7 +43,7 @@ def path_problem(config, workdir: str) -> str | None:
 def prepare_data(config, workdir: str, *, is_main: bool = True) -> str:
     """Generates (if synthetic) and converts (if no manifest yet); returns the TFRecord dir."""
     data_dir, tfrecord_dir = resolve_dirs(config, workdir)
-    if fs.exists(os.path.join(tfrecord_dir, "manifest.json")):
+    if manifest.exists(tfrecord_dir):
         return tfrecord_dir
     if not is_main:
         raise FileNotFoundError(

@@ -135,6 +135,31 @@ def _local_then_merge(q, shard, *, k: int, valid_rows: int, approx: bool, recall
     return best, jnp.take_along_axis(ids, at, axis=1)
 
 
+def search_program(
+    mesh: Mesh, *, k: int, valid_rows: int, approx: bool, recall_target: float, dtype: str
+):
+    """The jitted search of one query block: `(queries [B, D] replicated, rows
+    [R, D] split over the mesh's rows axis) -> (scores [B, k], row numbers [B, k])`,
+    both replicated; rows >= valid_rows are padding and never returned."""
+    fn = functools.partial(
+        _local_then_merge,
+        k=k,
+        valid_rows=valid_rows,
+        approx=approx,
+        recall=recall_target,
+        f32=dtype == "float32",
+    )
+    mapped = jax.shard_map(
+        fn,
+        mesh=mesh,
+        in_specs=(P(), P(ROWS_AXIS, None)),
+        out_specs=(P(), P()),
+        check_vma=False,
+    )
+    replicated = NamedSharding(mesh, P())
+    return jax.jit(mapped, out_shardings=(replicated, replicated))
+
+
 class AcceleratorIndex:
     """L2-normalised embeddings held sharded on the devices, searched by matmul.
 
@@ -228,22 +253,14 @@ class AcceleratorIndex:
         NeighborIndex(self._embeddings, num_neighbors=self.num_neighbors).save(directory)
 
     def _compile(self, k: int):
-        fn = functools.partial(
-            _local_then_merge,
+        return search_program(
+            self.mesh,
             k=k,
             valid_rows=self.size,
             approx=self.approx,
-            recall=self.recall_target,
-            f32=self.dtype == "float32",
+            recall_target=self.recall_target,
+            dtype=self.dtype,
         )
-        mapped = jax.shard_map(
-            fn,
-            mesh=self.mesh,
-            in_specs=(P(), P(ROWS_AXIS, None)),
-            out_specs=(P(), P()),
-            check_vma=False,
-        )
-        return jax.jit(mapped, out_shardings=(self._replicated, self._replicated))
 
     def search(
         self, queries: np.ndarray, k: int | None = None, batch_size: int | None = None

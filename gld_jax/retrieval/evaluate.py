@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -24,7 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from gld_jax.retrieval.accelerator_search import SEARCHES, AcceleratorIndex
+from gld_jax.retrieval.accelerator_search import SEARCHES
 from gld_jax.retrieval.embeddings import EmbeddingSet, load_embeddings
 from gld_jax.retrieval.ensemble import combine_embedding_sets, model_means
 from gld_jax.retrieval.ensemble_config import (
@@ -32,7 +31,8 @@ from gld_jax.retrieval.ensemble_config import (
     load_ensemble_config,
     split_config_args,
 )
-from gld_jax.retrieval.index import NeighborIndex, build_index, load_index
+from gld_jax.retrieval.evaluation import Evaluation, gap_scores
+from gld_jax.retrieval.index import load_index
 from gld_jax.retrieval.predict import (
     predict_blend,
     predict_head,
@@ -44,13 +44,12 @@ from gld_jax.retrieval.rerank import (
     predict_nonlandmark_rerank,
     rescored_neighbors,
 )
+from gld_jax.retrieval.searchers import Searcher, build_index
 from gld_jax.retrieval.submission import write_submission
 from gld_jax.utils import fs
 
 # build_index's keywords that choose the search (the rest are ScaNN's).
 SEARCH_KEYS = ("search", "search_dtype", "search_recall")
-# A NeighborIndex (ScaNN or numpy) or an AcceleratorIndex: the same search contract.
-Searcher = NeighborIndex | AcceleratorIndex
 
 __all__ = ["Evaluation", "build_labelled_index", "evaluate_retrieval", "load_ensemble", "main"]
 
@@ -59,25 +58,6 @@ HEAD_MODES = ("head", "blend", "blend_rerank")  # need the queries' head top-k l
 RERANK_MODES = ("nonlandmark_rerank", "blend_rerank")  # need a non-landmark set
 _ROWS = "rows.npz"  # ids and labels of a saved index's rows
 _MEANS = "means.npz"  # per-model centring means of a saved index (--center)
-
-
-@dataclasses.dataclass
-class Evaluation:
-    """Everything a submission and a report need.
-
-    ``neighbor_rows`` index ``index_ids`` / ``index_labels``; ``labels`` < 0 means
-    no prediction.
-    """
-
-    query_ids: np.ndarray  # [Q] str
-    query_labels: np.ndarray  # [Q] int, -1 = non-landmark (or unknown)
-    labels: np.ndarray  # [Q] int64 predicted landmark
-    confidences: np.ndarray  # [Q] float32
-    neighbor_rows: np.ndarray  # [Q, k] int64 rows of the index
-    neighbor_sims: np.ndarray  # [Q, k] float32 cosines
-    index_ids: np.ndarray  # [N] str
-    index_labels: np.ndarray  # [N] int64
-    timings: dict
 
 
 def load_ensemble(
@@ -247,18 +227,6 @@ def _nonlandmark_penalties(
         nl_index, queries.embeddings, k, ids=queries.ids, nonlandmark_ids=nonlandmark.ids
     )
     return b_used[inverse.reshape(rows.shape)], c
-
-
-def gap_scores(ev: Evaluation, solution_path: str) -> dict[str, float]:
-    """GAP overall (Public + Private rows) and per Usage when the CSV has one."""
-    from gld_jax.metrics import gap_by_usage
-
-    predictions = {
-        i: (int(lab), float(c))
-        for i, lab, c in zip(ev.query_ids.tolist(), ev.labels, ev.confidences, strict=True)
-        if lab >= 0
-    }
-    return gap_by_usage(predictions, solution_path)
 
 
 def _parser() -> argparse.ArgumentParser:

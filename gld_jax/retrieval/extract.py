@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
@@ -18,7 +19,6 @@ from gld_jax.retrieval.embeddings import EmbeddingSet
 from gld_jax.retrieval.head_topk import sharded_head_top_k
 from gld_jax.train import mesh as mesh_lib
 from gld_jax.train.state import split_model
-from gld_jax.train.step import embed_fn, make_embed_step
 from gld_jax.utils.progress import progress_bar
 
 
@@ -34,6 +34,23 @@ def process_local_rows(x: jax.Array) -> np.ndarray:
             seen.add(start)
             rows.append(np.asarray(shard.data))
     return np.concatenate(rows)
+
+
+def embed_fn(params, batch_stats, images: jax.Array, *, graphdef, rng_state) -> jax.Array:
+    """Eval-mode embeddings, L2-normalised: uint8 [N,S,S,3] -> float32 [N,D]."""
+    model = nnx.merge(graphdef, params, batch_stats, rng_state)
+    emb = model(images)
+    return emb / jnp.maximum(jnp.linalg.norm(emb, axis=-1, keepdims=True), 1e-12)
+
+
+def make_embed_step(*, graphdef, rng_state, mesh: Mesh, params_sharding, stats_sharding):
+    """The jitted embedding step (eval-mode graphdef), batch split over all devices."""
+    fn = functools.partial(embed_fn, graphdef=graphdef, rng_state=rng_state)
+    return jax.jit(
+        fn,
+        in_shardings=(params_sharding, stats_sharding, mesh_lib.batch_sharding(mesh)),
+        out_shardings=mesh_lib.batch_sharding(mesh),
+    )
 
 
 def _embed_and_head_fn(params, batch_stats, images, *, graphdef, rng_state, k, mesh):

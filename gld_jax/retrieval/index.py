@@ -25,7 +25,6 @@ from gld_jax.utils import fs
 
 __all__ = [
     "NeighborIndex",
-    "build_index",
     "build_scann_index",
     "default_tree_params",
     "exact_search",
@@ -278,7 +277,7 @@ class NeighborIndex:
         return out_idx, out_val
 
 
-def _unit_rows(embeddings: np.ndarray, num_neighbors: int) -> np.ndarray:
+def unit_rows(embeddings: np.ndarray, num_neighbors: int) -> np.ndarray:
     """float32 [N, D] rows, checked: non-empty, finite, of unit norm (to 1e-2)."""
     emb = _as_matrix(embeddings, "embeddings")
     if emb.shape[0] == 0:
@@ -289,51 +288,6 @@ def _unit_rows(embeddings: np.ndarray, num_neighbors: int) -> np.ndarray:
     if worst > _NORM_TOLERANCE:
         raise ValueError(f"embeddings must be L2-normalised (max | |x| - 1 | = {worst:.3g})")
     return emb
-
-
-def build_index(
-    embeddings: np.ndarray,
-    *,
-    search: str = "scann",
-    num_neighbors: int = 10,
-    search_dtype: str = "float32",
-    search_recall: float = 1.0,
-    **scann_params,
-):
-    """A searcher over L2-normalised embeddings, by `eval.search`:
-
-    - "scann": :func:`build_scann_index` (exact numpy below its brute-force
-      threshold, a ScaNN tree above), with `scann_params`;
-    - "exact_cpu": exact numpy search at any size;
-    - "accelerator": rows sharded over the devices, searched by matmul
-      (gld_jax.retrieval.accelerator_search), in `search_dtype`, exact top-k
-      for `search_recall` 1.0, else `lax.approx_max_k` with that recall target;
-    - "auto": the accelerator where a TPU or GPU is present and the index fits, else ScaNN.
-
-    Every searcher has `search(queries, k) -> (rows [Q, k], cosines [Q, k])`,
-    `embeddings`, `size`, `dim` and `kind`.
-
-    Raises:
-      ValueError: bad embeddings or parameters; IndexTooLargeError (a
-        ValueError) for "accelerator" with an index its devices cannot hold.
-    """
-    from gld_jax.retrieval import accelerator_search
-
-    emb = _unit_rows(embeddings, num_neighbors)
-    kind = accelerator_search.resolve_search(
-        search, rows=emb.shape[0], dim=emb.shape[1], dtype=search_dtype
-    )
-    if kind == "accelerator":
-        return accelerator_search.AcceleratorIndex(
-            emb,
-            num_neighbors=num_neighbors,
-            dtype=search_dtype,
-            approx=search_recall < 1.0,
-            recall_target=search_recall,
-        )
-    if kind == "exact_cpu":
-        return NeighborIndex(emb, num_neighbors=num_neighbors)
-    return build_scann_index(emb, num_neighbors=num_neighbors, **scann_params)
 
 
 def build_scann_index(
@@ -367,7 +321,7 @@ def build_scann_index(
     Raises:
       ValueError: not 2-D, empty, non-finite, not normalised, bad parameters.
     """
-    emb = _unit_rows(embeddings, num_neighbors)
+    emb = unit_rows(embeddings, num_neighbors)
     n = emb.shape[0]
     if n < brute_force_threshold:
         return NeighborIndex(emb, num_neighbors=num_neighbors)

@@ -158,14 +158,14 @@ def write_report(
 
     Args:
       out_dir: folder (created).
-      ev: a :class:`gld_jax.retrieval.evaluate.Evaluation`.
+      ev: a :class:`gld_jax.retrieval.evaluation.Evaluation`.
       tfrecord_dir: TFRecords holding the query and index images.
       solution_path: solution CSV (truth and GAP); without it the query
         embeddings' labels are the truth (-1 = non-landmark).
       num_queries: rows of the image grid.
       top: retrieved images per row (at most the search's k).
     """
-    from gld_jax.retrieval.evaluate import gap_scores
+    from gld_jax.retrieval.evaluation import gap_scores
 
     fs.makedirs(os.path.join(out_dir, "images"))
     qids = ev.query_ids.tolist()

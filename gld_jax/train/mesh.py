@@ -18,6 +18,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from gld_jax.config.defaults import resolve_mesh_shape
+
 DATA_AXIS = "data"
 MODEL_AXIS = "model"
 
@@ -26,29 +28,6 @@ DEFAULT_RULES: tuple[tuple[str, P], ...] = (
     (r"(^|/)head/centers(/|$)", P(MODEL_AXIS, None, None)),
     (r".*", P()),
 )
-
-
-def resolve_mesh_shape(data: int, model: int, num_devices: int) -> tuple[int, int]:
-    """Resolves a (data, model) request where one entry may be -1 ("the rest").
-
-    Raises:
-      ValueError: when the shape does not use exactly `num_devices` devices.
-    """
-    if data == -1 and model == -1:
-        raise ValueError("only one of mesh.data and mesh.model may be -1")
-    if model == -1:
-        if data <= 0 or num_devices % data:
-            raise ValueError(f"mesh.data={data} does not divide the {num_devices} devices")
-        model = num_devices // data
-    if data == -1:
-        if model <= 0 or num_devices % model:
-            raise ValueError(f"mesh.model={model} does not divide the {num_devices} devices")
-        data = num_devices // model
-    if data <= 0 or model <= 0 or data * model != num_devices:
-        raise ValueError(
-            f"mesh {data}x{model} needs {data * model} devices but {num_devices} are present"
-        )
-    return data, model
 
 
 def device_grid(devices: Sequence[jax.Device], data: int, model: int) -> np.ndarray:

@@ -1,6 +1,6 @@
-"""The compiled steps: one training update and one embedding pass.
+"""The compiled training update (the embedding pass is gld_jax.retrieval.extract's).
 
-Both are pure functions of arrays. `make_train_step` closes over the static
+A pure function of arrays. `make_train_step` closes over the static
 parts (graphdef, optimizer, loss scale) and returns a `jax.jit` with explicit
 in/out shardings for the mesh: the batch split over all devices, the head's
 classes over 'model', everything else replicated (see train.mesh).
@@ -185,21 +185,4 @@ def make_train_step(
         in_shardings=(state_sharding, batch_sharding, mesh_lib.replicated(mesh)),
         out_shardings=(state_sharding, mesh_lib.replicated(mesh)),
         donate_argnums=(0,),
-    )
-
-
-def embed_fn(params, batch_stats, images: jax.Array, *, graphdef, rng_state) -> jax.Array:
-    """Eval-mode embeddings, L2-normalised: uint8 [N,S,S,3] -> float32 [N,D]."""
-    model = nnx.merge(graphdef, params, batch_stats, rng_state)
-    emb = model(images)
-    return emb / jnp.maximum(jnp.linalg.norm(emb, axis=-1, keepdims=True), 1e-12)
-
-
-def make_embed_step(*, graphdef, rng_state, mesh: Mesh, params_sharding, stats_sharding):
-    """The jitted embedding step (eval-mode graphdef), batch split over all devices."""
-    fn = functools.partial(embed_fn, graphdef=graphdef, rng_state=rng_state)
-    return jax.jit(
-        fn,
-        in_shardings=(params_sharding, stats_sharding, mesh_lib.batch_sharding(mesh)),
-        out_shardings=mesh_lib.batch_sharding(mesh),
     )

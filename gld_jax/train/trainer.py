@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 
 import jax
 import ml_collections
@@ -20,13 +21,16 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from gld_jax.config.defaults import training_folds
+from gld_jax.data import manifest as manifest_lib
+from gld_jax.data.batches import BatchSource
 from gld_jax.losses import dynamic_margins
 from gld_jax.models.landmark import LandmarkModel, SubCenterHead, build_model, padded_num_classes
 from gld_jax.train import mesh as mesh_lib
 from gld_jax.train.checkpoint import Checkpointer
 from gld_jax.train.optim import applied_learning_rate
 from gld_jax.train.preemption import PreemptionWatcher, TrainingPreempted
-from gld_jax.train.stage_step import augments_on_device, make_stage_step
+from gld_jax.train.stage_step import make_stage_step
 from gld_jax.train.stages import StagePlan, locate, plan_stages
 from gld_jax.train.state import eval_params, state_from_tree, state_to_tree, update_model
 from gld_jax.utils.progress import progress_bar
@@ -39,8 +43,11 @@ class TrainingDiverged(RuntimeError):
     """Loss or gradients became non-finite; the last good checkpoint is kept."""
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(kw_only=True)
 class TrainResult:
+    """What `train` leaves: the model (eval-mode weights of the last stage run
+    or restored), the stage plans, and this call's progress."""
+
     model: LandmarkModel
     plans: list[StagePlan]
     # One {method: GAP} per stage trained in this run (see validate_fn).
@@ -59,22 +66,13 @@ class TrainResult:
 
 def stage_label_info(tfrecord_dir: str, config) -> tuple[dict[str, int], dict[str, int]]:
     """Classes and training images (held-out fold excluded) per label set."""
-    from gld_jax.data import input_pipeline
-
-    manifest = input_pipeline.read_manifest(tfrecord_dir)
-    num_classes, num_train = {}, {}
-    for name, info in manifest["label_sets"].items():
-        num_classes[name] = len(info["landmark_ids"])
-        num_train[name] = input_pipeline.num_examples(
-            tfrecord_dir, "train", label_set=name, folds=training_folds(config)
-        )
+    m = manifest_lib.read_manifest(tfrecord_dir)
+    folds = training_folds(config)
+    num_classes = {name: len(m.landmark_ids(name)) for name in m.label_sets}
+    num_train = {
+        name: m.num_examples("train", label_set=name, folds=folds) for name in m.label_sets
+    }
     return num_classes, num_train
-
-
-def training_folds(config) -> list[int] | None:
-    if config.fold < 0:
-        return None
-    return [f for f in range(config.folds) if f != config.fold]
 
 
 def _new_head(model: LandmarkModel, num_classes: int, seed: int) -> None:
@@ -105,36 +103,21 @@ def _to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
 
 
-def _local_batches(config, tfrecord_dir: str, plan: StagePlan, *, skip_batches: int):
-    """This process's rows of each global batch, as numpy dicts.
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """What every stage of one `train` call shares."""
 
-    The stream is a deterministic function of the seed, so skipping the batches
-    already consumed resumes without repeating or losing data.
-    """
-    from gld_jax.data import input_pipeline
-
-    pi, pc = jax.process_index(), jax.process_count()
-    local = plan.batch_size // pc
-    whole = config.data_sharding == "global"
-    ds = input_pipeline.train_dataset(
-        tfrecord_dir,
-        image_size=plan.image_size,
-        batch_size=plan.batch_size if whole else local,
-        label_set=plan.label_set,
-        folds=training_folds(config),
-        seed=config.seed * 1000 + plan.index,
-        augment=config.augment,
-        process_index=0 if whole else pi,
-        process_count=1 if whole else pc,
-        shuffle_buffer=config.shuffle_buffer,
-        skip_batches=skip_batches,
-        deterministic=config.input.deterministic,
-        dct_scaling=config.input.dct_scaling,
-        sampling=config.input.sampling,
-        host_geometric=not augments_on_device(config, jax.default_backend()),
-    )
-    for batch in ds.as_numpy_iterator():
-        yield {k: v[pi * local : (pi + 1) * local] for k, v in batch.items()} if whole else batch
+    config: ml_collections.ConfigDict
+    workdir: str
+    mesh: Mesh
+    plans: list[StagePlan]
+    manifest: manifest_lib.Manifest
+    batches: BatchSource
+    writer: SummaryWriter
+    ckpt: Checkpointer
+    preemption: PreemptionWatcher
+    validate_fn: Callable | None
+    stop_after_steps: int | None
 
 
 def train(
@@ -143,19 +126,22 @@ def train(
     workdir: str,
     tfrecord_dir: str,
     mesh: Mesh,
-    validate_fn=None,
+    batches: BatchSource,
+    validate_fn: Callable | None = None,
     stop_after_steps: int | None = None,
 ) -> TrainResult:
     """Trains every stage of `config` not yet done in `workdir`.
 
     Args:
+      tfrecord_dir: the converted data; only its manifest is read here (the
+        stage plans, class counts for the margins).
+      batches: the input stream, `batches(plan, skip_batches)` -> this
+        process's numpy batches of a stage (gld_jax.data.batches.host_batches).
       validate_fn: optional `f(model, plan) -> {method: GAP}` called after each stage.
       stop_after_steps: stop (after checkpointing) once this many steps ran in
         this call; used by tests and to split long jobs.
     """
-    from gld_jax.data import input_pipeline  # TF stays out of the step code
-
-    manifest = input_pipeline.read_manifest(tfrecord_dir)
+    manifest = manifest_lib.read_manifest(tfrecord_dir)
     num_classes, num_train = stage_label_info(tfrecord_dir, config)
     plans = plan_stages(config.stages, num_classes=num_classes, num_train=num_train)
     is_main = jax.process_index() == 0
@@ -167,35 +153,26 @@ def train(
         cleanup.callback(ckpt.close)  # waits for a pending async save, also on errors
         preemption = PreemptionWatcher()
         cleanup.callback(preemption.close)
-        return _train_stages(
-            config,
-            workdir,
-            tfrecord_dir,
-            mesh,
-            plans,
-            manifest,
-            writer,
-            ckpt,
-            preemption,
-            validate_fn,
-            stop_after_steps,
+        run = _Run(
+            config=config,
+            workdir=workdir,
+            mesh=mesh,
+            plans=plans,
+            manifest=manifest,
+            batches=batches,
+            writer=writer,
+            ckpt=ckpt,
+            preemption=preemption,
+            validate_fn=validate_fn,
+            stop_after_steps=stop_after_steps,
         )
+        return _train_stages(run)
 
 
-def _train_stages(
-    config,
-    workdir,
-    tfrecord_dir,
-    mesh,
-    plans,
-    manifest,
-    writer,
-    ckpt,
-    preemption,
-    validate_fn,
-    stop_after_steps,
-) -> TrainResult:
-
+def _train_stages(run: _Run) -> TrainResult:
+    config, workdir, mesh, plans = run.config, run.workdir, run.mesh, run.plans
+    ckpt, writer, preemption = run.ckpt, run.writer, run.preemption
+    validate_fn, stop_after_steps = run.validate_fn, run.stop_after_steps
     is_main = jax.process_index() == 0
 
     # ---- where are we? ---------------------------------------------------
@@ -241,14 +218,21 @@ def _train_stages(
             # the step budget ran out on a stage boundary (or was 0): stop here
             update_model(model, *jax.device_get((eval_params(state), state.batch_stats)))
             return TrainResult(
-                model, plans, gaps, steps_run, t_train, plan.first_step + done, False, history
+                model=model,
+                plans=plans,
+                validation=gaps,
+                steps_run=steps_run,
+                train_seconds=t_train,
+                global_step=plan.first_step + done,
+                complete=False,
+                history=history,
             )
 
-        counts = manifest["label_sets"][plan.label_set]["class_counts"]
+        counts = run.manifest.class_counts(plan.label_set)
         margins = jax.device_put(_padded_margins(config, counts), mesh_lib.replicated(mesh))
 
         # ---- input ------------------------------------------------------------
-        batches = _local_batches(config, tfrecord_dir, plan, skip_batches=done)
+        batches = run.batches(plan, done)
 
         # ---- loop -------------------------------------------------------------------
         bar = progress_bar(
@@ -310,7 +294,14 @@ def _train_stages(
         update_model(model, *jax.device_get((eval_params(state), state.batch_stats)))
         if step_done < plan.steps:  # stopped early on request
             return TrainResult(
-                model, plans, gaps, steps_run, t_train, plan.first_step + step_done, False, history
+                model=model,
+                plans=plans,
+                validation=gaps,
+                steps_run=steps_run,
+                train_seconds=t_train,
+                global_step=plan.first_step + step_done,
+                complete=False,
+                history=history,
             )
         if validate_fn is not None:
             result = validate_fn(model, plan)
@@ -323,7 +314,49 @@ def _train_stages(
             for method, gap in gaps[-1].items():
                 log.info("stage %d validation GAP (%s) %.4f", plan.index, method, gap)
 
-    return TrainResult(model, plans, gaps, steps_run, t_train, plans[-1].last_step, True, history)
+    return TrainResult(
+        model=model,
+        plans=plans,
+        validation=gaps,
+        steps_run=steps_run,
+        train_seconds=t_train,
+        global_step=plans[-1].last_step,
+        complete=True,
+        history=history,
+    )
+
+
+class RunNotFinished(ValueError):
+    """restore_trained_model found no finished run; str() is one line."""
+
+
+def _no_batches(plan, skip_batches: int):
+    raise AssertionError("restoring a model reads no training data")
+
+
+def restore_trained_model(
+    config: ml_collections.ConfigDict, *, workdir: str, tfrecord_dir: str, mesh: Mesh
+) -> TrainResult:
+    """The finished run of `config` in `workdir`, restored from its last checkpoint
+    (nothing is trained and no training data is read).
+
+    Raises:
+      RunNotFinished: the workdir's checkpoints stop before the last stage's end.
+    """
+    result = train(
+        config,
+        workdir=workdir,
+        tfrecord_dir=tfrecord_dir,
+        mesh=mesh,
+        batches=_no_batches,
+        stop_after_steps=0,
+    )
+    if not result.complete:
+        raise RunNotFinished(
+            f"{workdir} holds no finished run (step {result.global_step} of "
+            f"{result.plans[-1].last_step}); train it first"
+        )
+    return result
 
 
 def _save(ckpt: Checkpointer, plan: StagePlan, step_done: int, state, config) -> None:

@@ -39,7 +39,7 @@ BATCH = 32
 
 def _ceiling(out: str, images: int) -> float:
     manifest = input_pipeline.read_manifest(out)
-    files = [os.path.join(out, f) for f in manifest["splits"]["train"]["files"]]
+    files = [os.path.join(out, f) for f in manifest.files("train")]
 
     def decode(raw: tf.Tensor) -> tf.Tensor:
         ex = tf.io.parse_single_example(raw, features.FEATURE_SPEC)

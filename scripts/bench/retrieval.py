@@ -16,6 +16,16 @@ until its recall@1 reaches ScaNN's. ``--num_leaves``, ``--leaves_to_search``,
 ``--training_sample_size`` and ``--reorder`` override ScaNN's defaults (those of
 ``build_scann_index``). Prints one JSON line.
 
+``--accelerator`` adds gld-jax's accelerator search (exact, or approximate with
+``--search_recall`` < 1; ``--search_dtype``) on whatever devices JAX has here:
+on a CPU it shows correctness and the shape of the cost only.
+
+``--compile_tpu v3:4x4`` (or ``v5e:2x4``, ...) instead compiles one query block
+of that search for the TPU slice with the deviceless XLA:TPU compiler (libtpu,
+no TPU needed; nothing is allocated) and prints XLA's figures per device
+(arguments, temporaries, FLOPs, bytes) and the roofline time of all the
+queries: blocks x max(FLOPs / peak, bytes / HBM bandwidth), a lower bound.
+
 Needs faiss-cpu (requirements-bench.txt).
 """
 
@@ -136,10 +146,110 @@ def run_faiss(data: dict, queries, args) -> dict:
     }
 
 
+def run_accelerator(index, queries, args) -> dict:
+    import jax
+
+    from gld_jax.retrieval.accelerator_search import AcceleratorIndex
+
+    t0 = time.perf_counter()
+    searcher = AcceleratorIndex(
+        index,
+        num_neighbors=1,
+        dtype=args.search_dtype,
+        approx=args.search_recall < 1,
+        recall_target=args.search_recall,
+    )
+    build = time.perf_counter() - t0
+    searcher.search(queries[:8], 1)  # compile outside the timing
+    t0 = time.perf_counter()
+    idx, _ = searcher.search(queries, 1)
+    search = time.perf_counter() - t0
+    return {
+        "top1": idx[: args.exact_sample, 0].tolist(),
+        "devices": f"{len(jax.devices())} x {jax.devices()[0].device_kind}",
+        "dtype": args.search_dtype,
+        "recall_target": args.search_recall,
+        "query_block": searcher.plan.query_block,
+        "build_s": round(build, 1),
+        "search_s": round(search, 1),
+        "qps": round(len(queries) / search, 1),
+    }
+
+
+def compile_tpu(args) -> dict:
+    """XLA:TPU's figures for one query block of the accelerator search on a slice."""
+    import jax
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from gld_jax.dry_run import ACCELERATORS
+    from gld_jax.retrieval import accelerator_search as acc
+    from gld_jax.train import aot
+
+    devices = aot.topology_devices(args.compile_tpu)
+    kind = aot._kind_of(args.compile_tpu)
+    chip = ACCELERATORS[kind]
+    mesh = Mesh(np.array(devices), (acc.ROWS_AXIS,))
+    plan = acc.plan_search(
+        args.n,
+        args.dim,
+        devices=len(devices),
+        dtype=args.search_dtype,
+        k=args.k,
+        memory_bytes=int(chip.memory_bytes),
+    )
+    block = min(plan.query_block, args.queries)
+    dtype = acc.DTYPES[args.search_dtype]
+    program = acc.search_program(
+        mesh,
+        k=args.k,
+        valid_rows=args.n,
+        approx=args.search_recall < 1,
+        recall_target=args.search_recall,
+        dtype=args.search_dtype,
+    )
+    q = jax.ShapeDtypeStruct((block, args.dim), dtype, sharding=NamedSharding(mesh, P()))
+    rows = jax.ShapeDtypeStruct(
+        (plan.rows_per_device * len(devices), args.dim),
+        dtype,
+        sharding=NamedSharding(mesh, P(acc.ROWS_AXIS, None)),
+    )
+    _, f = aot.compile_figures(program.lower(q, rows))
+    blocks = math.ceil(args.queries / block)
+    per_block = f.roofline_seconds(chip.peak_flops, chip.hbm_bytes_per_second)
+    matmul_flops = 2.0 * args.queries * args.n * args.dim  # the whole problem
+    return {
+        "bench": "retrieval_compile_tpu",
+        "topology": args.compile_tpu,
+        "devices": len(devices),
+        "n": args.n,
+        "dim": args.dim,
+        "queries": args.queries,
+        "k": args.k,
+        "dtype": args.search_dtype,
+        "recall_target": args.search_recall,
+        "query_block": block,
+        "blocks": blocks,
+        "per_device": {
+            "argument_gib": round(f.argument_bytes / 2**30, 3),
+            "temp_gib": round(f.temp_bytes / 2**30, 3),
+            "peak_gib": round(f.peak_bytes / 2**30, 3),
+            "tflops_per_block": round(f.flops / 1e12, 3),
+            "gb_per_block": round(f.bytes_accessed / 1e9, 3),
+        },
+        "roofline_s": round(blocks * per_block, 3),
+        "matmul_bound_s": round(matmul_flops / (len(devices) * chip.peak_flops), 3),
+        "compile_s": round(f.compile_seconds, 1),
+        "jax": jax.__version__,
+    }
+
+
 def child(args) -> None:
     index, queries = make_data(args.n, args.queries, args.dim, args.clusters, args.noise, args.seed)
     if args.engine == "exact":
         out = run_exact(index, queries, args.exact_sample)
+    elif args.engine == "accelerator":
+        out = run_accelerator(index, queries, args)
     elif args.engine == "scann":
         out = run_scann(index, queries, args)
     else:
@@ -187,13 +297,21 @@ def main() -> None:
     p.add_argument("--noise", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--exact_sample", type=int, default=2000)
-    p.add_argument("--engine", choices=("exact", "scann", "faiss"))
+    p.add_argument("--engine", choices=("exact", "scann", "faiss", "accelerator"))
+    p.add_argument("--accelerator", action="store_true", help="also run the accelerator search")
+    p.add_argument("--search_dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--search_recall", type=float, default=1.0)
+    p.add_argument("--k", type=int, default=5, help="--compile_tpu: neighbours per query")
+    p.add_argument("--compile_tpu", help="compile for this TPU topology (e.g. v3:4x4) only")
     p.add_argument("--truth")
     p.add_argument("--target_recall", type=float)
     p.add_argument("--skip_faiss", action="store_true")
     for k in _SCANN_FLAGS:
         p.add_argument(f"--{k}", type=int, help="ScaNN override (default: build_scann_index's)")
     args = p.parse_args()
+    if args.compile_tpu:
+        print(json.dumps(compile_tpu(args)))
+        return
     if args.engine:
         child(args)
         return
@@ -212,6 +330,11 @@ def main() -> None:
         "exact": exact,
         "scann": scann,
     }
+    if args.accelerator:
+        extra = [f"--search_dtype={args.search_dtype}", f"--search_recall={args.search_recall}"]
+        accel = _spawn(args, "accelerator", extra)
+        accel["recall_at_1"] = round(float((np.asarray(accel.pop("top1")) == truth).mean()), 4)
+        result["accelerator"] = accel
     if not args.skip_faiss:
         truth_path = f"/tmp/retrieval_bench_truth_{os.getpid()}.npy"
         np.save(truth_path, truth)
