@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     from gld_jax.data.prepare import prepare_data, resolve_dirs
     from gld_jax.pipeline import _eval_split
     from gld_jax.retrieval.extract import Embedder
-    from gld_jax.train.cleanup import angles_to_dominant, select_noisy
+    from gld_jax.train.label_noise import angles_to_dominant, select_noisy
     from gld_jax.train.mesh import make_mesh
     from gld_jax.train.trainer import RunNotFinished, restore_trained_model
 

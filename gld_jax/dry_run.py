@@ -108,7 +108,8 @@ def activation_overhead(accelerator: str) -> float:
     return TPU_ACTIVATION_OVERHEAD if accelerator.startswith("tpu_") else ACTIVATION_OVERHEAD
 
 
-# GLDv2 v2.1 (DESIGN.md "GLDv2 on disk"): classes and images per label set.
+# GLDv2 v2.1 (the dataset's README, github.com/cvdfoundation/google-landmark: train.csv
+# and train_clean.csv): classes and images per label set.
 GLDV2_COUNTS = {"full": (203_094, 4_132_914), "clean": (81_313, 1_580_470)}
 
 

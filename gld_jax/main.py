@@ -28,7 +28,13 @@ from gld_jax.utils.cli import cpu_only_when_no_accelerator, parse_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (local path or gs://...).")
-_MODE = flags.DEFINE_enum("mode", "all", ["all", "train", "embed", "evaluate"], "What to run.")
+_MODE = flags.DEFINE_enum(
+    "mode",
+    "all",
+    ["all", "train", "embed", "evaluate"],
+    "all: train, embed and evaluate; train: train (and validate) only; embed: train what "
+    "is left, then embed the index and test images; evaluate: predict from saved embeddings.",
+)
 _STOP_AFTER = flags.DEFINE_integer(
     "stop_after_steps", None, "Stop (checkpointed) after this many train steps in this call."
 )

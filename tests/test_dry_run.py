@@ -15,7 +15,8 @@ from gld_jax.dry_run import GLDV2_COUNTS, format_plan, misfit_message, plan_run,
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# DESIGN.md "Numbers the recipe uses": image sizes / epochs per model.
+# The recipe (arXiv 2010.05350 and the team's published training commands): image
+# sizes / epochs per model.
 RECIPE = {
     "effb7": ("efficientnet_b7", (256, 512, 672), (10, 13, 1)),
     "effb6": ("efficientnet_b6", (256, 512, 768), (10, 17, 1)),

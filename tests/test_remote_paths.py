@@ -15,7 +15,7 @@ from gld_jax.retrieval.embeddings import (
 )
 from gld_jax.retrieval.submission import write_submission
 from gld_jax.utils import fs
-from gld_jax.utils.summary import SummaryWriter
+from gld_jax.utils.tensorboard import SummaryWriter
 
 
 def test_file_urls_take_the_remote_path(tmp_path):
@@ -44,7 +44,7 @@ def test_embeddings_shards_submission_and_manifest_over_a_url(tmp_path):
 
     (tmp_path / "tfr").mkdir()
     (tmp_path / "tfr" / "manifest.json").write_text(json.dumps({"version": 1, "x": 1}))
-    assert read_manifest(f"{root}/tfr")["x"] == 1
+    assert read_manifest(f"{root}/tfr").data["x"] == 1
 
 
 def test_tensorboard_scalars_to_a_url(tmp_path):

@@ -123,6 +123,13 @@ def test_fsdp_step_equals_single_device_step_and_splits_the_backbone():
         assert np.linalg.norm(d8 - d1) <= 1e-3 * np.linalg.norm(d1) + 1e-5
 
 
+def _train(config, *, tfrecord_dir, **kwargs):
+    """trainer.train with the config's own host batch stream."""
+    return train(
+        config, tfrecord_dir=tfrecord_dir, batches=host_batches(config, tfrecord_dir), **kwargs
+    )
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     from gld_jax.data.prepare import prepare_data
@@ -153,32 +160,29 @@ def test_interrupted_run_resumes_exactly_and_never_repeats_a_stage(tiny_run):
     mesh = mesh_lib.make_mesh(-1, 1)
     straight = str(root / "straight")
     broken = str(root / "broken")
-    train(
+    _train(
         config,
         workdir=straight,
         tfrecord_dir=tfrecord_dir,
         mesh=mesh,
-        batches=host_batches(config, tfrecord_dir),
     )
 
-    first = train(
+    first = _train(
         config,
         workdir=broken,
         tfrecord_dir=tfrecord_dir,
         mesh=mesh,
-        batches=host_batches(config, tfrecord_dir),
         stop_after_steps=2,
     )
     total, stage0 = first.plans[-1].last_step, first.plans[0].steps
     assert total > stage0 > 2  # the resumed call crosses the stage boundary
     assert not first.complete and first.global_step == 2 and first.steps_run == 2
     assert Checkpointer(broken + "/checkpoints").latest_step() == 2
-    second = train(
+    second = _train(
         config,
         workdir=broken,
         tfrecord_dir=tfrecord_dir,
         mesh=mesh,
-        batches=host_batches(config, tfrecord_dir),
     )
     assert second.complete and second.steps_run == total - 2  # nothing repeated or skipped
     assert [h["step"] for h in second.history] == list(range(3, total + 1))
@@ -189,12 +193,11 @@ def test_interrupted_run_resumes_exactly_and_never_repeats_a_stage(tiny_run):
     for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2), strict=True):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0, atol=1e-6)
 
-    third = train(
+    third = _train(
         config,
         workdir=broken,
         tfrecord_dir=tfrecord_dir,
         mesh=mesh,
-        batches=host_batches(config, tfrecord_dir),
     )
     assert third.complete and third.steps_run == 0  # a finished run is not redone
     assert third.model.head.num_classes == second.plans[-1].num_classes
@@ -206,12 +209,11 @@ def test_stop_on_a_stage_boundary_does_not_start_the_next_stage(tiny_run):
     workdir = str(root / "boundary")
     num_classes, num_train = stage_label_info(tfrecord_dir, config)
     stage0 = plan_stages(config.stages, num_classes=num_classes, num_train=num_train)[0].steps
-    r = train(
+    r = _train(
         config,
         workdir=workdir,
         tfrecord_dir=tfrecord_dir,
         mesh=mesh,
-        batches=host_batches(config, tfrecord_dir),
         stop_after_steps=stage0,
     )
     assert not r.complete and r.global_step == stage0 and r.steps_run == stage0
@@ -239,23 +241,21 @@ def test_sigterm_saves_and_stops_with_preempted(tiny_run, monkeypatch):
 
     monkeypatch.setattr(trainer_lib, "_to_global", to_global_then_sigterm)
     with pytest.raises(TrainingPreempted, match="step 2"):
-        train(
+        _train(
             config,
             workdir=workdir,
             tfrecord_dir=tfrecord_dir,
             mesh=mesh,
-            batches=host_batches(config, tfrecord_dir),
         )
     assert Checkpointer(workdir + "/checkpoints").latest_step() == 2
     # the handler is gone again: the default SIGTERM action is back
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
     monkeypatch.setattr(trainer_lib, "_to_global", real)
-    resumed = train(
+    resumed = _train(
         config,
         workdir=workdir,
         tfrecord_dir=tfrecord_dir,
         mesh=mesh,
-        batches=host_batches(config, tfrecord_dir),
     )
     assert resumed.complete and resumed.steps_run == resumed.plans[-1].last_step - 2
 
@@ -267,12 +267,11 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_run, monk
     config, tfrecord_dir, root = tiny_run
     mesh = mesh_lib.make_mesh(-1, 1)
     workdir = str(root / "diverged")
-    train(
+    _train(
         config,
         workdir=workdir,
         tfrecord_dir=tfrecord_dir,
         mesh=mesh,
-        batches=host_batches(config, tfrecord_dir),
         stop_after_steps=1,
     )
     # NaN margins make the very next loss NaN
@@ -280,12 +279,11 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_run, monk
         trainer_lib, "dynamic_margins", lambda counts, **kw: np.full(len(counts), np.nan)
     )
     with pytest.raises(TrainingDiverged, match="step 2"):
-        train(
+        _train(
             config,
             workdir=workdir,
             tfrecord_dir=tfrecord_dir,
             mesh=mesh,
-            batches=host_batches(config, tfrecord_dir),
         )
     assert Checkpointer(workdir + "/checkpoints").latest_step() == 1
 

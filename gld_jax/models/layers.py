@@ -1,7 +1,7 @@
 """Convolution layers whose arithmetic form is picked per backend.
 
-On XLA:CPU the way a convolution is written decides its speed (DESIGN.md:
-depthwise 3x3 through ``lax.conv`` with ``feature_group_count`` is ~3.4x slower
+On XLA:CPU the way a convolution is written decides its speed (BENCHMARKS.md,
+"CPU train step": depthwise 3x3 through ``lax.conv`` with ``feature_group_count`` is ~3.4x slower
 than a sum of shifted multiplies, and a 1x1 conv ~3.4x slower than an einsum).
 On GPU/TPU ``lax.conv`` maps onto cuDNN / the MXU and is the right form. All
 forms compute the same function; ``conv2d`` picks one, the modules hold params.

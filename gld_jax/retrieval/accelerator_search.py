@@ -27,6 +27,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from gld_jax.config.defaults import SEARCHES
+from gld_jax.retrieval.index import IndexRows, NeighborIndex
 
 __all__ = [
     "AcceleratorIndex",
@@ -160,7 +161,7 @@ def search_program(
     return jax.jit(mapped, out_shardings=(replicated, replicated))
 
 
-class AcceleratorIndex:
+class AcceleratorIndex(IndexRows):
     """L2-normalised embeddings held sharded on the devices, searched by matmul.
 
     Same `search(queries, k)` contract as `index.NeighborIndex`: row numbers and
@@ -224,18 +225,6 @@ class AcceleratorIndex:
         self._search = functools.lru_cache(maxsize=8)(self._compile)
 
     @property
-    def embeddings(self) -> np.ndarray:
-        return self._embeddings
-
-    @property
-    def size(self) -> int:
-        return int(self._embeddings.shape[0])
-
-    @property
-    def dim(self) -> int:
-        return int(self._embeddings.shape[1])
-
-    @property
     def kind(self) -> str:
         return "accelerator_approx" if self.approx else "accelerator_exact"
 
@@ -248,8 +237,6 @@ class AcceleratorIndex:
     def save(self, directory: str) -> None:
         """Writes the rows as an exact index (index.NeighborIndex.save): the
         layout on the devices is rebuilt from them when loaded."""
-        from gld_jax.retrieval.index import NeighborIndex
-
         NeighborIndex(self._embeddings, num_neighbors=self.num_neighbors).save(directory)
 
     def _compile(self, k: int):

@@ -157,7 +157,27 @@ def default_tree_params(num_points: int, num_neighbors: int = 10) -> dict[str, i
     }
 
 
-class NeighborIndex:
+class IndexRows:
+    """The database rows a searcher answers for: ``embeddings`` ``[N, D]`` float32,
+    ``size`` N and ``dim`` D."""
+
+    _embeddings: np.ndarray
+
+    @property
+    def embeddings(self) -> np.ndarray:
+        """``[N, D]`` float32 database rows (the index's own reference)."""
+        return self._embeddings
+
+    @property
+    def size(self) -> int:
+        return int(self._embeddings.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self._embeddings.shape[1])
+
+
+class NeighborIndex(IndexRows):
     """A searchable set of L2-normalised embeddings (exact or ScaNN tree).
 
     Build with :func:`build_scann_index`. ``kind`` is ``"brute_force"`` (exact,
@@ -178,19 +198,6 @@ class NeighborIndex:
         self.num_neighbors = num_neighbors
         self.leaves_to_search = leaves_to_search
         self.reorder = reorder
-
-    @property
-    def embeddings(self) -> np.ndarray:
-        """``[N, D]`` float32 database rows (the index's own reference)."""
-        return self._embeddings
-
-    @property
-    def size(self) -> int:
-        return int(self._embeddings.shape[0])
-
-    @property
-    def dim(self) -> int:
-        return int(self._embeddings.shape[1])
 
     @property
     def kind(self) -> str:

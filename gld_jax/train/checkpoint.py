@@ -26,6 +26,9 @@ MIN_REPLICA_PARALLEL_SLICE_BYTES = 8 << 20
 
 @functools.cache  # once per process
 def _register_array_handler() -> None:
+    # Orbax 0.12.8 has no public name for the array-metadata store its default
+    # handler uses (it records, e.g., PRNG-key array types); re-registering the
+    # handler without one would lose that, so it is taken from where Orbax keeps it.
     from orbax.checkpoint._src.metadata import array_metadata_store
 
     # Orbax logs a warning for every override of a default handler; this one is

@@ -34,7 +34,7 @@ from gld_jax.train.stage_step import make_stage_step
 from gld_jax.train.stages import StagePlan, locate, plan_stages
 from gld_jax.train.state import eval_params, state_from_tree, state_to_tree, update_model
 from gld_jax.utils.progress import progress_bar
-from gld_jax.utils.summary import SummaryWriter
+from gld_jax.utils.tensorboard import SummaryWriter
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +199,18 @@ def _train_stages(run: _Run) -> TrainResult:
     history: list[dict] = []
     steps_run, t_train = 0, 0.0
 
+    def result(*, global_step: int, complete: bool) -> TrainResult:
+        return TrainResult(
+            model=model,
+            plans=plans,
+            validation=gaps,
+            steps_run=steps_run,
+            train_seconds=t_train,
+            global_step=global_step,
+            complete=complete,
+            history=history,
+        )
+
     for plan in plans[start_stage:]:
         resuming = latest is not None and plan.index == start_stage
         done = start_done if resuming else 0
@@ -217,16 +229,7 @@ def _train_stages(run: _Run) -> TrainResult:
         if stop_after_steps is not None and steps_run >= stop_after_steps:
             # the step budget ran out on a stage boundary (or was 0): stop here
             update_model(model, *jax.device_get((eval_params(state), state.batch_stats)))
-            return TrainResult(
-                model=model,
-                plans=plans,
-                validation=gaps,
-                steps_run=steps_run,
-                train_seconds=t_train,
-                global_step=plan.first_step + done,
-                complete=False,
-                history=history,
-            )
+            return result(global_step=plan.first_step + done, complete=False)
 
         counts = run.manifest.class_counts(plan.label_set)
         margins = jax.device_put(_padded_margins(config, counts), mesh_lib.replicated(mesh))
@@ -293,16 +296,7 @@ def _train_stages(run: _Run) -> TrainResult:
         t_train += time.perf_counter() - stage_t0
         update_model(model, *jax.device_get((eval_params(state), state.batch_stats)))
         if step_done < plan.steps:  # stopped early on request
-            return TrainResult(
-                model=model,
-                plans=plans,
-                validation=gaps,
-                steps_run=steps_run,
-                train_seconds=t_train,
-                global_step=plan.first_step + step_done,
-                complete=False,
-                history=history,
-            )
+            return result(global_step=plan.first_step + step_done, complete=False)
         if validate_fn is not None:
             result = validate_fn(model, plan)
             gaps.append({k: float(v) for k, v in result.items()})
@@ -314,16 +308,7 @@ def _train_stages(run: _Run) -> TrainResult:
             for method, gap in gaps[-1].items():
                 log.info("stage %d validation GAP (%s) %.4f", plan.index, method, gap)
 
-    return TrainResult(
-        model=model,
-        plans=plans,
-        validation=gaps,
-        steps_run=steps_run,
-        train_seconds=t_train,
-        global_step=plans[-1].last_step,
-        complete=True,
-        history=history,
-    )
+    return result(global_step=plans[-1].last_step, complete=True)
 
 
 class RunNotFinished(ValueError):

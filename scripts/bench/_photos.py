@@ -1,29 +1,14 @@
-"""Photo-like JPEGs in the GLDv2 layout for the data benchmarks (not a test fixture).
-
-Smooth random scenes (a 40x30 random image upsampled bicubically) plus sensor-like noise
-give JPEG sizes and decode costs close to GLDv2's photos (about 100-200 kB at 800x600,
-quality 90), unlike flat synthetic drawings, which decode unrealistically fast.
-"""
+"""Photo-like JPEGs (gld_jax.data.host_feed.photo_jpeg) in the GLDv2 layout, for the
+data benchmarks (not a test fixture)."""
 
 from __future__ import annotations
 
-import io
 import os
 
 import numpy as np
-from PIL import Image
 
-from gld_jax.utils import fs  # the importing script puts the repository on sys.path
-
-
-def photo_jpeg(rng: np.random.Generator, width: int, height: int, quality: int = 90) -> bytes:
-    """JPEG bytes of one photo-like RGB image of width x height pixels."""
-    small = Image.fromarray((rng.uniform(size=(30, 40, 3)) * 255).astype(np.uint8))
-    big = np.asarray(small.resize((width, height), Image.Resampling.BICUBIC), np.float32)
-    big += rng.standard_normal(size=big.shape, dtype=np.float32) * 6.0
-    buf = io.BytesIO()
-    Image.fromarray(np.clip(big, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=quality)
-    return buf.getvalue()
+from gld_jax.data.host_feed import photo_jpeg  # the importing script puts the repo on sys.path
+from gld_jax.utils import fs
 
 
 def write_gldv2_folder(

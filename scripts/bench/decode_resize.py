@@ -24,7 +24,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import _photos  # noqa: E402
+from gld_jax.data.host_feed import photo_jpeg  # noqa: E402
 
 
 def main() -> None:
@@ -42,9 +42,7 @@ def main() -> None:
     from gld_jax.data import augment
 
     rng = np.random.default_rng(0)
-    encoded = [
-        _photos.photo_jpeg(rng, args.side, args.side, args.quality) for _ in range(args.images)
-    ]
+    encoded = [photo_jpeg(rng, args.side, args.side, args.quality) for _ in range(args.images)]
     enc = [tf.constant(e) for e in encoded]
     decoded = [tf.io.decode_jpeg(e, channels=3) for e in enc]
 

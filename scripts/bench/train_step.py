@@ -11,6 +11,8 @@ warm-up (median of --steps). Peer: timm's `tf_efficientnet_b0` (or the timm name
 of --model) with the same neck, head size and AdamW in PyTorch
 (`_timm_peer.py`), run in --peer_python (a Python with torch and timm; torch is
 not a product dependency). Without it the peer is skipped with a message.
+--augment_ab times ours twice in the same run instead, without and with the
+recipe's augmentations inside the step (`input.augment_on=device`), and skips the peer.
 On GPU pass --dtype bfloat16 for ours and --peer_amp --peer_channels_last for the
 peer (bfloat16 autocast, NHWC memory layout): the fair mixed-precision pairing.
 """
@@ -31,6 +33,7 @@ from flax import nnx
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
+from gld_jax.data.augment_config import AugmentConfig  # noqa: E402
 from gld_jax.models.landmark import LandmarkModel  # noqa: E402
 from gld_jax.train import mesh as mesh_lib  # noqa: E402
 from gld_jax.train.optim import make_optimizer  # noqa: E402
@@ -56,7 +59,7 @@ def add_model_args(ap: argparse.ArgumentParser) -> None:
     )
 
 
-def build_ours(args):
+def build_ours(args, augment: bool = False):
     """(jitted step, state, batch, margins) of the benchmark, not yet compiled."""
     import ml_collections
 
@@ -86,6 +89,7 @@ def build_ours(args):
         key=jax.random.key(0),
         mesh=mesh,
         state_sharding=shardings,
+        augment=AugmentConfig() if augment else None,
     )
     rng = np.random.default_rng(0)
     batch = {
@@ -98,8 +102,8 @@ def build_ours(args):
     return step, state, batch, margins
 
 
-def time_ours(args) -> dict:
-    step, state, batch, margins = build_ours(args)
+def time_ours(args, augment: bool = False) -> dict:
+    step, state, batch, margins = build_ours(args, augment)
     t = time.perf_counter()
     state, metrics = step(state, batch, margins)
     jax.block_until_ready(metrics)
@@ -168,6 +172,11 @@ def main() -> int:
     ap.add_argument("--peer_channels_last", action="store_true")
     ap.add_argument("--peer_amp", action="store_true")
     ap.add_argument("--skip_peer", action="store_true")
+    ap.add_argument(
+        "--augment_ab",
+        action="store_true",
+        help="time ours without and with device augmentation (no peer)",
+    )
     args = ap.parse_args()
     # The peer runs first, before this process starts XLA: with our process's XLA
     # runtime alive, the torch subprocess ran 14 s/step instead of 1.0 s/step on the
@@ -177,6 +186,21 @@ def main() -> int:
         from gld_jax.models import layers
 
         layers.BatchNorm.hand_written_grad = False
+    if args.augment_ab:
+        plain, augmented = time_ours(args), time_ours(args, augment=True)
+        out = {
+            "bench": "train_step_device_augment",
+            "model": args.model,
+            "image_size": args.image_size,
+            "batch_size": args.batch_size,
+            "dtype": args.dtype,
+            "device": str(jax.devices()[0].device_kind),
+            "without": plain,
+            "with_device_augment": augmented,
+            "step_time_ratio": round(augmented["step_s_median"] / plain["step_s_median"], 3),
+        }
+        print(json.dumps(out))
+        return 0
     peer = None if args.skip_peer else time_peer(args)
     ours = time_ours(args)
     out = {

@@ -1,6 +1,6 @@
 """One JSON line describing a registered backbone.
 
-    python -m gld_jax.models.summary --model resnest101 [--image_size 256]
+    python -m gld_jax.models.backbone_stats --model resnest101 [--image_size 256]
 
 Prints ``params`` (trainable backbone parameters, no classifier), ``batch_stats``
 (BN running statistics), ``feature_dim``, ``default_resolution``, the feature map
@@ -64,7 +64,7 @@ def backbone_summary(name: str, image_size: int | None = None) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m gld_jax.models.summary", description=__doc__.split("\n\n")[0]
+        prog="python -m gld_jax.models.backbone_stats", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--model", required=True, help=f"one of: {', '.join(backbone_names())}")
     parser.add_argument(

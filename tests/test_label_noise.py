@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from gld_jax.train.cleanup import angles_to_dominant, dominant_subcenters
+from gld_jax.train.label_noise import angles_to_dominant, dominant_subcenters
 
 
 def test_dominant_subcenter_is_the_majority_vote_and_outliers_are_far():
@@ -21,7 +21,7 @@ def test_dominant_subcenter_is_the_majority_vote_and_outliers_are_far():
 
 
 def test_min_per_class_keeps_each_class_closest_images():
-    from gld_jax.train.cleanup import select_noisy
+    from gld_jax.train.label_noise import select_noisy
 
     angles = np.array([80.0, 90.0, 10.0, 85.0, 76.0, 30.0])
     labels = np.array([7, 7, 3, 9, 9, 3])

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from gld_jax.models.summary import backbone_summary, main
+from gld_jax.models.backbone_stats import backbone_summary, main
 
 
 def test_efficientnet_b0_summary(capsys):
