@@ -106,6 +106,7 @@ def calibrate(
     geometric: bool = True,
     seconds: float = 1.0,
     num_sources: int = 8,
+    sources: list[bytes] | None = None,
 ) -> float:
     """Images/s of one core for the host's share of the training input at `image_size`.
 
@@ -113,14 +114,17 @@ def calibrate(
     DCT-scaled decode, the resize and, with `geometric`, the flip,
     shift-scale-rotate and cutout) on `num_sources` square JPEGs of
     `source_side` px, in a single TF thread, after one warm-up pass, repeated
-    for at least `seconds`.
+    for at least `seconds`; or on the given square JPEG `sources` of that side
+    (e.g. what the converter stored).
     """
     import tensorflow as tf
 
     from gld_jax.data import augment
 
-    rng = np.random.default_rng(0)
-    sources = [photo_jpeg(rng, source_side, source_side) for _ in range(num_sources)]
+    if sources is None:
+        rng = np.random.default_rng(0)
+        sources = [photo_jpeg(rng, source_side, source_side) for _ in range(num_sources)]
+    num_sources = len(sources)
     side = tf.constant(source_side, tf.int32)
 
     def prepare(encoded: tf.Tensor, i: tf.Tensor) -> tf.Tensor:

@@ -9,8 +9,10 @@ Writes --num_images photo-like 1024x1024 JPEGs (q90) in the GLDv2 layout, conver
 - ceiling: TFRecordDataset -> parse -> tf.io.decode_jpeg (full size), AUTOTUNE-parallel,
   nothing else: what any pipeline that decodes every source in full can reach;
 - train_dataset (augmentations on, deterministic) at 256 and 512 px, with and without
-  DCT-scaled decoding; the same without augmentation (decode + resize only: what the
-  host would still do if the augmentations ran elsewhere); and the fast
+  DCT-scaled decoding; with the augmentations in the train step instead
+  (host_geometric=False: the host's share under input.augment_on=device), against
+  bare decodes at full size and at the DCT scale the stage uses; the same without
+  augmentation (decode + resize only, no crop); and the fast
   (non-deterministic) mode at 256 px.
 
 Each measurement skips warmup batches, then times --epochs passes. Prints one JSON line.
@@ -37,7 +39,7 @@ from tfrecords_tools import build_gldv2, features  # noqa: E402
 BATCH = 32
 
 
-def _ceiling(out: str, images: int) -> float:
+def _ceiling(out: str, images: int, ratio: int = 1) -> float:
     manifest = input_pipeline.read_manifest(out)
     files = [os.path.join(out, f) for f in manifest.files("train")]
 
@@ -45,7 +47,7 @@ def _ceiling(out: str, images: int) -> float:
         ex = tf.io.parse_single_example(raw, features.FEATURE_SPEC)
         # A reduction over the pixels: with tf.shape alone tf.data never paid for the
         # decode (it measured 3x the single-core decode rate on 2 cores).
-        return tf.reduce_max(tf.io.decode_jpeg(ex[features.ENCODED], channels=3))
+        return tf.reduce_max(tf.io.decode_jpeg(ex[features.ENCODED], channels=3, ratio=ratio))
 
     ds = tf.data.Dataset.from_tensor_slices(files).repeat()
     ds = ds.interleave(
@@ -104,6 +106,15 @@ def main() -> None:
         for dct in (False, True):
             rate = _pipeline(out, images, image_size=size, dct_scaling=dct, augment=False)
             result[f"train_{size}px_{'dct' if dct else 'full'}_noaug"] = round(rate, 1)
+    # Augmentations in the train step (input.augment_on=device): the host decodes
+    # (DCT-scaled), crops and resizes; against bare decodes at full size and at the
+    # DCT scale the stage uses (1024 px sources: 1/4 for 256 px, 1/2 for 512 px).
+    for size, ratio in ((256, 4), (512, 2)):
+        rate = _pipeline(
+            out, images, image_size=size, dct_scaling=True, augment=True, host_geometric=False
+        )
+        result[f"train_{size}px_dct_device_augment"] = round(rate, 1)
+        result[f"ceiling_decode_ratio{ratio}"] = round(_ceiling(out, images, ratio), 1)
     result["train_256px_dct_fast"] = round(
         _pipeline(out, images, image_size=256, dct_scaling=True, deterministic=False), 1
     )
@@ -118,6 +129,12 @@ def main() -> None:
         )
         result[f"dct_speedup_{size}px_noaug"] = round(
             result[f"train_{size}px_dct_noaug"] / result[f"train_{size}px_full_noaug"], 2
+        )
+    for size, ratio in ((256, 4), (512, 2)):
+        got = result[f"train_{size}px_dct_device_augment"]
+        result[f"device_augment_vs_ceiling_{size}px"] = round(got / ceiling, 3)
+        result[f"device_augment_vs_scaled_decode_{size}px"] = round(
+            got / result[f"ceiling_decode_ratio{ratio}"], 3
         )
     print(json.dumps(result))
 
