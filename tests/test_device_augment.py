@@ -48,7 +48,7 @@ def _params(angle, scale, shift, flip, cutout=False, lo=(0, 0), hi=(0, 0)):
 
 def _near_border(angle, scale, shift, flip) -> np.ndarray:
     """Output pixels whose sample point lies within one pixel outside the image,
-    where TF blends each out-of-image neighbour with the fill and dm_pix fills
+    where TF blends each out-of-image neighbour with the fill and ours fills
     the whole sample: bool [S, S]."""
     matrix, offset = (np.asarray(a) for a in warp_matrix(angle, scale, np.array(shift), flip, SIZE))
     rows, cols = np.mgrid[0:SIZE, 0:SIZE].astype(np.float64)

@@ -25,7 +25,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gld_jax.models.layers import BatchNorm, Conv2d, ConvImpl, DepthwiseConv2d, DropPath
+from gld_jax.models.layers import (
+    BatchNorm,
+    Conv2d,
+    ConvImpl,
+    DepthwiseConv2d,
+    DropPath,
+    batch_norm,
+)
 
 BN_MOMENTUM = 0.99
 BN_EPSILON = 1e-3
@@ -151,17 +158,9 @@ def block_specs(
     return specs
 
 
-def _bn(features: int, dtype, rngs: nnx.Rngs) -> nnx.BatchNorm:
-    # Two-pass variance: E[x^2]-E[x]^2 cancels badly when |mean| >> std.
-    # layers.BatchNorm is nnx.BatchNorm with a hand-written train-mode gradient on CPU.
-    return BatchNorm(
-        features,
-        momentum=BN_MOMENTUM,
-        epsilon=BN_EPSILON,
-        dtype=dtype,
-        use_fast_variance=False,
-        rngs=rngs,
-    )
+def _bn(features: int, dtype, rngs: nnx.Rngs) -> BatchNorm:
+    # Keras' constants; layers.BatchNorm's hand-written CPU gradient is on.
+    return batch_norm(features, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=dtype, rngs=rngs)
 
 
 class MBConvBlock(nnx.Module):

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from gld_jax.models.assign import assign_weights
 from gld_jax.models.efficientnet import EfficientNet
 from gld_jax.models.layers import Conv2d, DepthwiseConv2d
 
@@ -100,27 +100,9 @@ def load_keras_efficientnet(model: EfficientNet, keras_model: Any) -> None:
 def load_keras_weight_dict(model: EfficientNet, source: dict[str, np.ndarray]) -> None:
     """As ``load_keras_efficientnet``, from {'layer/weight': array} (e.g. read from a
     .h5/.keras file by ``weight_files.read_keras_weights``, preprocessing removed)."""
-    targets = keras_weight_targets(model)
-    missing = sorted(set(targets) - set(source))
-    unexpected = sorted(set(source) - set(targets))
-    converted: dict[str, np.ndarray] = {}
-    mismatched = []
-    for name in sorted(set(targets) & set(source)):
-        var, convert = targets[name]
-        value = convert(source[name]) if convert is not None else source[name]
-        if value.shape != var.shape:
-            mismatched.append(
-                f"{name}: keras {source[name].shape} -> {value.shape}, ours {var.shape}"
-            )
-        converted[name] = value
-    if missing or unexpected or mismatched:
-        raise ValueError(
-            "Keras weights do not match this EfficientNet "
-            f"({model.variant}, {len(targets)} weights):\n"
-            f"  missing in Keras ({len(missing)}): {missing}\n"
-            f"  unexpected in Keras ({len(unexpected)}): {unexpected}\n"
-            f"  shape mismatches ({len(mismatched)}): {mismatched}"
-        )
-    for name, value in converted.items():
-        var = targets[name][0]
-        var[...] = jnp.asarray(value, dtype=var.dtype)
+    assign_weights(
+        keras_weight_targets(model),
+        source,
+        f"this EfficientNet ({model.variant})",
+        source_name="Keras",
+    )

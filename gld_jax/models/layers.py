@@ -665,3 +665,27 @@ class BatchNorm(nnx.BatchNorm):
         self.mean[...] = lax.stop_gradient(m * self.mean[...] + (1 - m) * mean)
         self.var[...] = lax.stop_gradient(m * self.var[...] + (1 - m) * var)
         return y
+
+
+def batch_norm(
+    features: int,
+    *,
+    momentum: float,
+    epsilon: float,
+    dtype,
+    rngs: nnx.Rngs,
+    hand_written_grad: bool = True,
+) -> BatchNorm:
+    """The backbones' BatchNorm over the channel axis: two-pass variance
+    (E[x^2] - E[x]^2 cancels badly when |mean| >> std, and the reference
+    implementations compute it in two passes too), flax's momentum convention
+    (new = momentum * old + (1 - momentum) * batch)."""
+    return BatchNorm(
+        features,
+        momentum=momentum,
+        epsilon=epsilon,
+        dtype=dtype,
+        use_fast_variance=False,
+        hand_written_grad=hand_written_grad,
+        rngs=rngs,
+    )

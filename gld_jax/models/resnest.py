@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
-from gld_jax.models.layers import BatchNorm, Conv2d, ConvImpl, DropPath, chunked_normal
+from gld_jax.models.layers import BatchNorm, Conv2d, ConvImpl, DropPath, batch_norm, chunked_normal
 
 BN_MOMENTUM = 0.9  # torch BatchNorm2d momentum 0.1: new = 0.9 * old + 0.1 * batch
 BN_EPSILON = 1e-5
@@ -79,17 +79,16 @@ def _he_fan_out(key, shape, dtype=jnp.float32):
     return chunked_normal(key, shape, dtype, stddev=(2.0 / (kh * kw * cout)) ** 0.5)
 
 
-def _bn(features: int, dtype, rngs: nnx.Rngs) -> nnx.BatchNorm:
-    return BatchNorm(
+def _bn(features: int, dtype, rngs: nnx.Rngs) -> BatchNorm:
+    # torch's constants; autodiff of the statistics, as validated against timm (the
+    # closed form leaves rounding noise on gradients that are exactly zero in timm).
+    return batch_norm(
         features,
         momentum=BN_MOMENTUM,
         epsilon=BN_EPSILON,
         dtype=dtype,
-        use_fast_variance=False,  # two-pass variance, as torch
-        # autodiff of the statistics, as validated against timm (the closed form
-        # leaves rounding noise on gradients that are exactly zero in timm)
-        hand_written_grad=False,
         rngs=rngs,
+        hand_written_grad=False,
     )
 
 

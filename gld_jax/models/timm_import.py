@@ -18,15 +18,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from gld_jax.models.assign import Targets, assign_weights
 from gld_jax.models.efficientnet import EfficientNet
 from gld_jax.models.layers import Conv2d
 from gld_jax.models.resnest import ResNeSt
-
-Targets = dict[str, tuple[nnx.Variable, Any]]
 
 _BN = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
 # Keys every timm state dict may carry that hold no backbone weights.
@@ -123,36 +121,6 @@ def timm_weight_targets(model: nnx.Module) -> Targets:
     if isinstance(model, ResNeSt):
         return _resnest_targets(model)
     raise TypeError(f"no timm key table for {type(model).__name__}")
-
-
-def assign_weights(targets: Targets, source: dict[str, np.ndarray], what: str) -> None:
-    """Write ``source`` into ``targets`` if every key and shape fits; else raise, writing nothing.
-
-    Raises:
-      ValueError listing missing keys, unexpected keys and shape mismatches.
-    """
-    missing = sorted(set(targets) - set(source))
-    unexpected = sorted(set(source) - set(targets))
-    converted, mismatched = {}, []
-    for name in sorted(set(targets) & set(source)):
-        var, convert = targets[name]
-        value = np.asarray(source[name])
-        value = convert(value) if convert is not None else value
-        if value.shape != var.shape:
-            mismatched.append(
-                f"{name}: source {source[name].shape} -> {value.shape}, ours {var.shape}"
-            )
-        converted[name] = value
-    if missing or unexpected or mismatched:
-        raise ValueError(
-            f"weights do not match {what} ({len(targets)} weights):\n"
-            f"  missing in source ({len(missing)}): {missing}\n"
-            f"  unexpected in source ({len(unexpected)}): {unexpected}\n"
-            f"  shape mismatches ({len(mismatched)}): {mismatched}"
-        )
-    for name, value in converted.items():
-        var = targets[name][0]
-        var[...] = jnp.asarray(value, dtype=var.dtype)
 
 
 def backbone_state_dict(state_dict: dict[str, np.ndarray]) -> tuple[dict, list[str]]:
