@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from gld_jax.models import batch_norm as batch_norm_lib
 from gld_jax.models import layers
 
 
@@ -67,8 +68,8 @@ def test_statistics_cotangents_follow_autodiff():
 
         return jax.grad(loss, argnums=(0, 1, 2))(x, scale, bias)
 
-    ours = f(lambda x, s, b: layers._bn_train(x, s, b, 1e-3))
-    ref = f(lambda x, s, b: layers._bn_train_forward(x, s, b, 1e-3)[:3])
+    ours = f(lambda x, s, b: batch_norm_lib._bn_train(x, s, b, 1e-3))
+    ref = f(lambda x, s, b: batch_norm_lib._bn_train_forward(x, s, b, 1e-3)[:3])
     for a, b in zip(ours, ref, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(np.abs(b).max()))
 

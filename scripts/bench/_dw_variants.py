@@ -1,5 +1,5 @@
 """Candidate depthwise-conv forms for layer_micro.py (benchmark only; the chosen one
-lives in gld_jax/models/layers.py). Each is f(x, kernel, strides, pads) -> y with the
+lives in gld_jax/models/conv.py). Each is f(x, kernel, strides, pads) -> y with the
 same function as ``conv2d(..., feature_group_count=C)``; they differ in how the
 forward and the two gradients are written for XLA:CPU."""
 
@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from gld_jax.models.layers import _conv_lax, _depthwise_forward, _depthwise_input_grad, _pad
+from gld_jax.models.conv import _conv_lax, _depthwise_forward, _depthwise_input_grad, _pad
 
 
 def _dk_map(x, g, kernel, strides, pads):
@@ -166,14 +166,14 @@ def make(fwd: str, dx: str, dk: str, barrier: bool):
 
 
 def _head_layers():
-    """gld_jax/models/layers.py as committed (HEAD), for before/after comparisons."""
+    """gld_jax/models/conv.py as committed (HEAD), for before/after comparisons."""
     import os
     import subprocess
     import types
 
     repo = os.path.join(os.path.dirname(__file__), "..", "..")
     res = subprocess.run(
-        ["git", "show", "HEAD:gld_jax/models/layers.py"], cwd=repo, capture_output=True, text=True
+        ["git", "show", "HEAD:gld_jax/models/conv.py"], cwd=repo, capture_output=True, text=True
     )
     if res.returncode != 0:
         return None

@@ -1,0 +1,134 @@
+"""BatchNorm for the backbones: flax's, with a hand-written train-mode forward and
+gradient on XLA:CPU (float32, two-pass variance), and the one factory both
+backbones build it with (`batch_norm`)."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax import lax
+
+from gld_jax.models.conv import trace_backend
+from gld_jax.models.traced import TracedUpdateBatchStat
+
+
+def _bn_stats(x: jax.Array, axes: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
+    # Two-pass variance, as flax's use_fast_variance=False: E[(x - E[x])^2].
+    mean = jnp.mean(x, axes)
+    var = jnp.mean(lax.square(x - mean), axes)
+    return mean, var
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _bn_train(x, scale, bias, epsilon):
+    """Train-mode batch norm over all axes but the last, float32 in and out.
+
+    Returns (y, batch mean, batch variance); y = (x - mean) * (rsqrt(var + eps) *
+    scale) + bias, the same expression flax's BatchNorm evaluates."""
+    y, mean, var, _ = _bn_train_forward(x, scale, bias, epsilon)
+    return y, mean, var
+
+
+def _bn_train_forward(x, scale, bias, epsilon):
+    axes = tuple(range(x.ndim - 1))
+    mean, var = _bn_stats(x, axes)
+    inv = lax.rsqrt(var + epsilon)
+    y = (x - mean) * (inv * scale) + bias
+    return y, mean, var, inv
+
+
+def _bn_train_fwd(x, scale, bias, epsilon):
+    y, mean, var, inv = _bn_train_forward(x, scale, bias, epsilon)
+    return (y, mean, var), (x, scale, mean, inv)
+
+
+def _bn_train_bwd(epsilon, residuals, cotangents):
+    # The closed form: with xhat = (x - mean) * inv over M = N*H*W rows,
+    #   dx = scale * inv * (g - mean(g) - xhat * mean(g * xhat)),
+    # plus the (usually zero) cotangents of the returned batch statistics. Autodiff
+    # of the two-pass statistics gives the same values with more passes.
+    x, scale, mean, inv = residuals
+    g, g_mean, g_var = cotangents
+    axes = tuple(range(x.ndim - 1))
+    m = math.prod(x.shape[:-1])
+    xc = x - mean
+    xhat = xc * inv
+    dbias = jnp.sum(g, axes)
+    dscale = jnp.sum(g * xhat, axes)
+    dx = (scale * inv) * (g - dbias / m - xhat * (dscale / m))
+    dx = dx + g_mean / m + xc * (g_var * 2.0 / m)
+    return dx, dscale, dbias
+
+
+_bn_train.defvjp(_bn_train_fwd, _bn_train_bwd)
+
+
+class BatchNorm(nnx.BatchNorm):
+    """``nnx.BatchNorm`` (same params, batch stats and modes) whose train-mode forward
+    and gradient are written out by hand on XLA:CPU for float32, 2-pass variance,
+    no mask / axis_name; elsewhere (GPU/TPU, eval mode, other dtypes) it is flax's.
+    ``hand_written_grad=False`` (argument, or the attribute on the class or an
+    instance) turns that off.
+    Batch statistics are ``TracedUpdateBatchStat``s, cheap to update under a trace.
+    """
+
+    hand_written_grad: bool = True
+
+    def __init__(self, *args, hand_written_grad: bool | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if hand_written_grad is not None:
+            self.hand_written_grad = hand_written_grad
+        self.mean = TracedUpdateBatchStat(self.mean.get_value())
+        self.var = TracedUpdateBatchStat(self.var.get_value())
+
+    def __call__(self, x, use_running_average: bool | None = None, *, mask=None):
+        use_ra = self.use_running_average if use_running_average is None else use_running_average
+        fast = (
+            self.hand_written_grad
+            and use_ra is not None
+            and not use_ra
+            and mask is None
+            and self.axis_name is None
+            and self.axis in (-1, x.ndim - 1)
+            and not self.use_fast_variance
+            and self.scale is not None
+            and self.bias is not None
+            and x.dtype == jnp.float32
+            and (self.dtype is None or jnp.dtype(self.dtype) == jnp.float32)
+            and trace_backend() == "cpu"
+        )
+        if not fast:
+            return super().__call__(x, use_running_average, mask=mask)
+        y, mean, var = _bn_train(x, self.scale[...], self.bias[...], self.epsilon)
+        m = self.momentum
+        self.mean[...] = lax.stop_gradient(m * self.mean[...] + (1 - m) * mean)
+        self.var[...] = lax.stop_gradient(m * self.var[...] + (1 - m) * var)
+        return y
+
+
+def batch_norm(
+    features: int,
+    *,
+    momentum: float,
+    epsilon: float,
+    dtype,
+    rngs: nnx.Rngs,
+    hand_written_grad: bool = True,
+) -> BatchNorm:
+    """The backbones' BatchNorm over the channel axis: two-pass variance
+    (E[x^2] - E[x]^2 cancels badly when |mean| >> std, and the reference
+    implementations compute it in two passes too), flax's momentum convention
+    (new = momentum * old + (1 - momentum) * batch)."""
+    return BatchNorm(
+        features,
+        momentum=momentum,
+        epsilon=epsilon,
+        dtype=dtype,
+        use_fast_variance=False,
+        hand_written_grad=hand_written_grad,
+        rngs=rngs,
+    )
