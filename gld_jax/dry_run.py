@@ -1,5 +1,9 @@
 """Dry run: what a config will cost on its target accelerator, before any work.
 
+(One report at ~620 lines: the plan's figures, the vendor tables they use, and
+the table's formatting; XLA's compiled figures are compiled_plan.py's and the
+host-feed rates gld_jax/data/host_feed.py's.)
+
     python -m gld_jax.main --config configs/effb7.py --dry_run [--json]
 
 Per stage: image size, epochs, classes, images, global batch, steps, the

@@ -3,6 +3,10 @@
     python -m tfrecords_tools.build_gldv2 --data_dir /data/gldv2 --output_dir /data/gld_tfr \
         --num_shards 512 --folds 5 --max_side 1024            # add --from_tars for tars
 
+(One job at ~680 lines: the build itself, from listing sources through dealing,
+writing and resuming shards in parallel to the manifest; reading the CSVs is
+tfrecords_tools/gldv2_csv.py's, encoding images tfrecords_tools/images.py's.)
+
 Reads train.csv (id,url,landmark_id), train_clean.csv (landmark_id,images), test.csv,
 index.csv and, when present, recognition_solution_v2.1.csv (test landmarks). Images come
 from `<split>/a/b/c/<id>.jpg` or, with --from_tars, from `<split>/*.tar` read in place.
@@ -38,15 +42,13 @@ from __future__ import annotations
 
 import argparse
 import collections
-import csv
 import hashlib
-import io
 import json
 import math
 import multiprocessing
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
@@ -55,6 +57,15 @@ from tqdm import tqdm
 
 from gld_jax.utils import fs
 from tfrecords_tools import sources
+from tfrecords_tools.gldv2_csv import (
+    BuildError,
+    assign_folds,
+    read_clean,
+    read_ids,
+    read_test_landmarks,
+    read_train,
+    skip_record,
+)
 from tfrecords_tools.images import DEFAULT_MAX_PIXELS, EncodeOptions, ImageError, encode_image
 
 if TYPE_CHECKING:
@@ -70,17 +81,11 @@ PARTS_DIR = "_parts"
 CONVERTER_VERSION = 3
 LABEL_SETS = ("full", "clean")
 SPLITS = ("train", "test", "index")
-SOLUTION_FILE = "recognition_solution_v2.1.csv"
 # test/index get one shard per this many images (at most num_shards), so small splits
 # are not spread over many near-empty files.
 MIN_EXAMPLES_PER_SHARD = 256
 _SPLIT_SEED = {"train": 1, "test": 2, "index": 3}
-_FOLD_SEED = 7
 image_path = sources.image_path  # kept importable from here
-
-
-class BuildError(Exception):
-    """A user mistake (missing CSV, no images, bad output dir): reported as one line."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,149 +112,6 @@ class ShardResult:
     num_bytes: int = 0
     fingerprint: str = ""
     reused: bool = False
-
-
-# --------------------------------------------------------------------------- CSVs
-
-
-def _skip(split: str, image_id: str, reason: str) -> dict:
-    return {"split": split, "id": image_id, "reason": reason}
-
-
-def _read_csv(
-    path: str, columns: Sequence[str], skipped: list[dict], split: str
-) -> Iterator[dict[str, str]]:
-    """Streams the rows of a CSV that must have `columns` in its header.
-
-    Rows the csv module cannot parse (NUL bytes, runaway quotes) are recorded in
-    `skipped` as 'malformed csv line N'; undecodable UTF-8 becomes U+FFFD (and then
-    fails the id check). Raises BuildError if the file or a column is missing.
-    """
-    if not fs.exists(path):
-        raise BuildError(f"{path} not found")
-    with fs.open_file(path, "rb") as raw:
-        if fs.is_remote(path):  # GFile lacks the io.RawIOBase methods TextIOWrapper uses
-            raw = io.BytesIO(raw.read())
-        text = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
-        reader = csv.DictReader(text)
-        try:
-            fieldnames = reader.fieldnames or []
-        except csv.Error as e:
-            raise BuildError(f"{path}: unreadable header: {e}") from None
-        missing = [c for c in columns if c not in fieldnames]
-        if missing:
-            raise BuildError(f"{path}: missing column(s) {', '.join(missing)}")
-        while True:
-            try:
-                row = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as e:
-                skipped.append(_skip(split, "", f"malformed csv line {reader.line_num}: {e}"))
-                continue
-            yield row
-
-
-def _cell(row: dict, key: str) -> str:
-    value = row.get(key)
-    return value.strip() if isinstance(value, str) else ""
-
-
-def read_train(data_dir: str) -> tuple[dict[str, int], list[dict]]:
-    """train.csv as {id: landmark_id} and a skip list for unusable rows."""
-    path = os.path.join(data_dir, "train.csv")
-    labels: dict[str, int] = {}
-    skipped: list[dict] = []
-    for row in _read_csv(path, ["id", "landmark_id"], skipped, "train"):
-        image_id = _cell(row, "id")
-        try:
-            landmark = int(_cell(row, "landmark_id"))
-        except ValueError:
-            landmark = -1
-        if not sources.valid_id(image_id):
-            skipped.append(_skip("train", image_id, "bad id (not 16 hex digits)"))
-        elif landmark < 0 or None in row:  # None key: more cells than columns
-            skipped.append(_skip("train", image_id, "bad csv row"))
-        elif image_id in labels:
-            skipped.append(_skip("train", image_id, "duplicate id"))
-        else:
-            labels[image_id] = landmark
-    if not labels:
-        raise BuildError(f"{path} has no usable rows")
-    return labels, skipped
-
-
-def read_clean(data_dir: str, train_labels: dict[str, int]) -> set[str]:
-    """Ids listed in train_clean.csv under the same landmark as in train.csv (empty if absent)."""
-    path = os.path.join(data_dir, "train_clean.csv")
-    if not fs.exists(path):
-        return set()
-    clean = set()
-    for row in _read_csv(path, ["landmark_id", "images"], [], "train"):
-        try:
-            landmark = int(_cell(row, "landmark_id"))
-        except ValueError:
-            continue
-        # An id listed under another landmark than train.csv's would get two labels.
-        clean.update(i for i in _cell(row, "images").split() if train_labels.get(i) == landmark)
-    return clean
-
-
-def read_ids(data_dir: str, split: str) -> tuple[list[str], list[dict]]:
-    """Ids of test.csv / index.csv (an absent CSV means an empty split) and bad rows."""
-    path = os.path.join(data_dir, f"{split}.csv")
-    if not fs.exists(path):
-        return [], []
-    ids: list[str] = []
-    skipped: list[dict] = []
-    seen: set[str] = set()
-    for row in _read_csv(path, ["id"], skipped, split):
-        image_id = _cell(row, "id")
-        if not sources.valid_id(image_id):
-            skipped.append(_skip(split, image_id, "bad id (not 16 hex digits)"))
-        elif image_id in seen:
-            skipped.append(_skip(split, image_id, "duplicate id"))
-        else:
-            seen.add(image_id)
-            ids.append(image_id)
-    return ids, skipped
-
-
-def read_solution(data_dir: str) -> dict[str, int]:
-    """Test id -> landmark id from the recognition solution (first landmark; none -> absent)."""
-    path = os.path.join(data_dir, SOLUTION_FILE)
-    if not fs.exists(path):
-        return {}
-    out = {}
-    for row in _read_csv(path, ["id", "landmarks"], [], "test"):
-        parts = _cell(row, "landmarks").split()
-        if parts and parts[0].lstrip("-").isdigit():
-            out[_cell(row, "id")] = int(parts[0])
-    return out
-
-
-# --------------------------------------------------------------------------- folds
-
-
-def assign_folds(labels: dict[str, int], folds: int, seed: int) -> dict[str, int]:
-    """Stratified k-fold by landmark: id -> fold in [0, folds).
-
-    Within each class (ids sorted, so CSV order does not matter) the images are shuffled
-    and dealt round-robin starting at a random fold, so a class with n >= folds images
-    lands in every fold and small classes spread over different folds.
-    """
-    rng = np.random.default_rng([seed, _FOLD_SEED])
-    by_class: dict[int, list[str]] = {}
-    for image_id in sorted(labels):
-        by_class.setdefault(labels[image_id], []).append(image_id)
-    out = {}
-    for landmark in sorted(by_class):
-        ids = by_class[landmark]
-        order = rng.permutation(len(ids))
-        start = int(rng.integers(folds))
-        for j, k in enumerate(order):
-            out[ids[k]] = (start + j) % folds
-    return out
 
 
 # --------------------------------------------------------------------------- images
@@ -361,7 +223,7 @@ def write_shard(task: ShardTask, progress: Callable[[int], object] | None = None
         for entry, location, cls in zip(task.entries, task.locations, task.classes, strict=True):
             out = entry_to_example(location, entry, cls, task.options)
             if isinstance(out, str):
-                result.skipped.append(_skip(entry.split, entry.image_id, out))
+                result.skipped.append(skip_record(entry.split, entry.image_id, out))
             else:
                 example, change = out
                 writer.write(example.SerializeToString(deterministic=True))  # sorted map keys
@@ -481,11 +343,15 @@ def _match(
         if image_id in listing.locations:
             present.append(image_id)
         else:
-            skipped.append(_skip(split, image_id, "missing file"))
+            skipped.append(skip_record(split, image_id, "missing file"))
     wanted = set(ids)
-    skipped += [_skip(split, i, "no csv row") for i in sorted(listing.locations) if i not in wanted]
-    skipped += [_skip(split, name, "stray file (not <16 hex id>.jpg)") for name in listing.stray]
-    skipped += [_skip(split, where, reason) for where, reason in listing.errors]
+    skipped += [
+        skip_record(split, i, "no csv row") for i in sorted(listing.locations) if i not in wanted
+    ]
+    skipped += [
+        skip_record(split, name, "stray file (not <16 hex id>.jpg)") for name in listing.stray
+    ]
+    skipped += [skip_record(split, where, reason) for where, reason in listing.errors]
     return present
 
 
@@ -691,7 +557,7 @@ def build_gldv2(
     entries: dict[str, list[Entry]] = {
         "train": [Entry("train", i, lm, fold_of[i], i in clean) for i, lm in sorted(train.items())]
     }
-    solution = read_solution(data_dir)
+    solution = read_test_landmarks(data_dir)
     for split in ("test", "index"):
         ids, bad = read_ids(data_dir, split)
         skipped += bad
