@@ -1,6 +1,7 @@
 """Where the CPU train step's time goes: per-op profile of the train_step.py step.
 
-    flock /tmp/gldjax-heavy.lock nice -n 5 .venv/bin/python scripts/bench/train_step_profile.py \
+    flock /tmp/gldjax-heavy.lock nice -n 5 \
+        .venv/bin/python scripts/experiments/train_step_profile.py \
         --model efficientnet_b0 --image_size 128 --batch_size 32 --steps 3
 
 Builds the same jitted step as train_step.py (`build_ours`), also times forward

@@ -1,6 +1,6 @@
 """Per-layer forward+backward microbenchmarks on XLA:CPU at EfficientNet-B0 shapes.
 
-    flock /tmp/gldjax-heavy.lock nice -n 5 .venv/bin/python scripts/bench/layer_micro.py \
+    flock /tmp/gldjax-heavy.lock nice -n 5 .venv/bin/python scripts/experiments/layer_micro.py \
         --which depthwise --batch_size 32 --image_size 128
 
 For each layer shape of EfficientNet-B0 at --image_size, times jit(value_and_grad)

@@ -10,9 +10,9 @@ sub-centre, the cleaned train.csv is converted again and K=3 is retrained from s
 for the same number of steps. The generator's plan says which images are noisy, so the
 drop is scored: noisy vs clean images dropped, precision and recall.
 
-    flock /tmp/gldjax-heavy.lock nice -n 5 .venv/bin/python scripts/bench/subcenter_noise.py
-    .venv/bin/python scripts/bench/subcenter_noise.py --quick      # smoke run (~10 min)
-    .venv/bin/python scripts/bench/subcenter_noise.py --seeds 0 1  # mean and spread
+    flock /tmp/gldjax-heavy.lock nice -n 5 .venv/bin/python scripts/experiments/subcenter_noise.py
+    .venv/bin/python scripts/experiments/subcenter_noise.py --quick      # smoke run (~10 min)
+    .venv/bin/python scripts/experiments/subcenter_noise.py --seeds 0 1  # mean and spread
 
 One seed (4 variants + drop-and-retrain, 324 steps each) took 22-26 min on the 2-core
 development machine (shared); each further seed about as long. --quick trains 54 steps:
@@ -49,7 +49,8 @@ This file is also the config file of its runs (`get_config(variant.json)`), so a
 variant can be re-run or inspected by hand:
 
     python -m gld_jax.main --workdir runs/subcenter_noise/k3_noise30_seed0 \
-        --config scripts/bench/subcenter_noise.py:runs/subcenter_noise/k3_noise30_seed0/variant.json
+        --config \
+        scripts/experiments/subcenter_noise.py:runs/subcenter_noise/k3_noise30_seed0/variant.json
 """
 
 from __future__ import annotations
@@ -119,9 +120,9 @@ def build_config(v: dict):
 
 
 def get_config(variant_json: str | None = None):
-    """ml_collections entry point: `--config scripts/bench/subcenter_noise.py:<variant.json>`."""
+    """The config entry point: `--config scripts/experiments/subcenter_noise.py:<variant.json>`."""
     if not variant_json:
-        raise ValueError("give the variant: --config scripts/bench/subcenter_noise.py:<json>")
+        raise ValueError("give the variant: --config scripts/experiments/subcenter_noise.py:<json>")
     with fs.open_file(variant_json) as f:
         return build_config(json.load(f))
 

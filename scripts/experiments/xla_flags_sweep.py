@@ -1,6 +1,6 @@
 """train_step.py under several XLA_FLAGS settings, one fresh process each.
 
-    flock /tmp/gldjax-heavy.lock nice -n 5 .venv/bin/python scripts/bench/xla_flags_sweep.py \
+    flock /tmp/gldjax-heavy.lock nice -n 5 .venv/bin/python scripts/experiments/xla_flags_sweep.py \
         --model efficientnet_b0 --image_size 128 --batch_size 32 --steps 5 --warmup 2
 
 Prints one JSON line per setting (images/s, step time, compile time, or the error)

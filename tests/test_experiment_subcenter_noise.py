@@ -1,4 +1,4 @@
-"""Argument handling and configs of scripts/bench/subcenter_noise.py (no training)."""
+"""Argument handling and configs of scripts/experiments/subcenter_noise.py (no training)."""
 
 import importlib.util
 import json
@@ -9,7 +9,7 @@ import pytest
 _PATH = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
     "scripts",
-    "bench",
+    "experiments",
     "subcenter_noise.py",
 )
 
