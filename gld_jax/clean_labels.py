@@ -19,7 +19,7 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from gld_jax.utils.cli import cpu_only_when_no_accelerator, parse_flags
+from gld_jax.utils.cli import cpu_only_when_no_accelerator, parse_flags, quiet_tensorflow
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to the run's configs/*.py file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "The trained run's directory.")
@@ -32,6 +32,7 @@ _MIN_PER_CLASS = flags.DEFINE_integer(
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_tensorflow()
     parse_flags(list(sys.argv if argv is None else argv))
     if not _WORKDIR.value or not _OUTPUT.value:
         print("error: --workdir and --output are required", file=sys.stderr)

@@ -24,7 +24,7 @@ import time
 from absl import flags
 from ml_collections import config_flags
 
-from gld_jax.utils.cli import cpu_only_when_no_accelerator, parse_flags
+from gld_jax.utils.cli import cpu_only_when_no_accelerator, parse_flags, quiet_tensorflow
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (local path or gs://...).")
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("absl", "orbax", "jax._src", "tensorflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_tensorflow()
 
     import jax
 

@@ -56,6 +56,7 @@ import numpy as np
 from tqdm import tqdm
 
 from gld_jax.utils import fs
+from gld_jax.utils.cli import quiet_tensorflow
 from tfrecords_tools import sources
 from tfrecords_tools.gldv2_csv import (
     BuildError,
@@ -619,7 +620,7 @@ def summary_line(manifest: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's start-up banner quiet
+    quiet_tensorflow()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data_dir", required=True, help="GLDv2 root with train.csv")
     parser.add_argument("--output_dir", required=True, help="local dir or gs://bucket/dir")

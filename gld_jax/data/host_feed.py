@@ -231,9 +231,9 @@ def feed_fix(feed: HostFeed, *, augment_on_device: bool, dct_scaling: bool) -> s
 
 def main() -> None:
     """Prints RECORDED_RATES entries measured on this machine, one per line."""
-    import os
+    from gld_jax.utils.cli import quiet_tensorflow
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_tensorflow()
     for source in (1024, 768, 512):
         for size in CALIBRATION_SIDES:
             if size > source:

@@ -34,6 +34,7 @@ from gld_jax.models.registry import backbone_names, create_backbone
 from gld_jax.models.timm_import import load_timm_state_dict
 from gld_jax.models.weight_files import WeightFileError, read_weight_file
 from gld_jax.utils import fs
+from gld_jax.utils.cli import quiet_tensorflow
 
 META_FILE = "import.json"
 STATE_DIR = "backbone"
@@ -152,6 +153,7 @@ def import_weights(model_name: str, source: str, output: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_tensorflow()
     parser = argparse.ArgumentParser(
         prog="python -m gld_jax.models.import_weights", description=__doc__.split("\n\n")[0]
     )

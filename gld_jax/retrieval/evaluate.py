@@ -47,6 +47,7 @@ from gld_jax.retrieval.rerank import (
 from gld_jax.retrieval.searchers import Searcher, build_index
 from gld_jax.retrieval.submission import write_submission
 from gld_jax.utils import fs
+from gld_jax.utils.cli import quiet_tensorflow
 
 # build_index's keywords that choose the search (the rest are ScaNN's).
 SEARCH_KEYS = ("search", "search_dtype", "search_recall")
@@ -323,8 +324,7 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # Before ScaNN or the report import TensorFlow: no start-up chatter.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_tensorflow()  # before ScaNN or the report import TensorFlow
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         config_path, overrides, rest = split_config_args(argv)

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from gld_jax.retrieval.embeddings import EmbeddingSet, load_embeddings, save_embeddings
+from gld_jax.utils.cli import quiet_tensorflow
 
 __all__ = ["select_nonlandmarks"]
 
@@ -36,6 +37,7 @@ def select_nonlandmarks(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    quiet_tensorflow()
     p = argparse.ArgumentParser(prog="python -m gld_jax.retrieval.nonlandmark_set")
     p.add_argument("--embeddings", required=True, help="embedding set (.npz or folder)")
     p.add_argument("--solution", required=True, help="recognition_solution_v2.1.csv")

@@ -1,5 +1,6 @@
-"""absl flag parsing for the command-line tools: a bad flag or config key is
-one line on stderr and exit code 2, not a traceback."""
+"""What every command-line tool shares: absl flag parsing where a bad flag or
+config key is one line on stderr and exit code 2, not a traceback; and a quiet
+TensorFlow start-up."""
 
 from __future__ import annotations
 
@@ -9,6 +10,12 @@ import sys
 from absl import flags
 
 EXIT_USAGE = 2
+
+
+def quiet_tensorflow() -> None:
+    """Keeps TensorFlow's start-up chatter (oneDNN notes, CPU-feature guard) off the
+    terminal; call at the top of a tool's main, before anything imports TF."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def _fail(message: str) -> None:
