@@ -1,5 +1,7 @@
 """tf.data input pipelines over the TFRecords of tfrecords_tools.build_gldv2.
 
+(~440 lines: the two streams share their record reading, label tables and sharding.)
+
     train_dataset: infinite, shuffled, augmented batches {"image" uint8 [B,S,S,3],
         "label" int32 [B]} of this process's slice of the data; epoch-structured, so a
         resume at any step is exact; optional square-root / class-balanced sampling;

@@ -1,5 +1,8 @@
 """Synthetic GLDv2-like data set: procedurally drawn landmarks in the real GLDv2 layout.
 
+(~460 lines: the plan, the files and the resumable writer of one data set; the pictures
+are synthetic_scenes.py's.)
+
 Every landmark class is one place (drawn by gld_jax.data.synthetic_scenes): a scene
 (sky, ground, buildings, towers, domes, arches, windows) that is a deterministic
 function of the class seed. Every image of the class is a different view of that scene:

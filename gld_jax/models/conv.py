@@ -1,5 +1,7 @@
 """Convolution layers whose arithmetic form is picked per backend.
 
+(~480 lines: each form with its hand-written gradient sits beside the others it must equal.)
+
 On XLA:CPU the way a convolution is written decides its speed (BENCHMARKS.md,
 "CPU train step": depthwise 3x3 through ``lax.conv`` with ``feature_group_count`` is ~3.4x slower
 than a sum of shifted multiplies, and a 1x1 conv ~3.4x slower than an einsum).

@@ -1,5 +1,7 @@
 """Standalone retrieval evaluation: ensemble, ScaNN, prediction, submission, GAP.
 
+(~450 lines: evaluate_retrieval and the CLI around it; the parts live in their modules.)
+
     python -m gld_jax.retrieval.evaluate \\
         --index runs/a/embeddings/train runs/b/embeddings/train \\
         --queries runs/a/embeddings/test runs/b/embeddings/test --weights 1 1 \\

@@ -1,5 +1,7 @@
 """Nearest-neighbour index over L2-normalised embeddings (cosine = dot product).
 
+(~420 lines: one index type with its save/load and ScaNN's tuned defaults.)
+
 Small databases are searched exactly with numpy; large ones with a ScaNN tree
 (spherical k-means partitions) + asymmetric hashing + exact re-ranking. The
 defaults come from a sweep at GLDv2's size (1,580,470 x 512 clustered, 2 cores;
