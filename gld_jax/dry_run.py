@@ -431,7 +431,10 @@ def _add_host_feed(report: dict, config, *, measure: bool) -> None:
         }
         if not feed.keeps_up:
             s["host_feed"]["fix"] = host_feed.feed_fix(
-                feed, augment_on_device=on_device, dct_scaling=bool(config.input.dct_scaling)
+                feed,
+                augment_on_device=on_device,
+                dct_scaling=bool(config.input.dct_scaling),
+                tpu=platform == "tpu",
             )
 
 

@@ -150,7 +150,7 @@ def test_draws_do_not_depend_on_the_batch_sharding():
 
 def test_resolve_augment_on():
     assert resolve_augment_on("auto", "cpu") == "host"
-    assert resolve_augment_on("auto", "tpu") == "device"
+    assert resolve_augment_on("auto", "tpu") == "host"
     assert resolve_augment_on("auto", "gpu") == "device"
     assert resolve_augment_on("host", "tpu") == "host"
     assert resolve_augment_on("device", "cpu") == "device"

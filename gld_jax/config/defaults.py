@@ -145,7 +145,8 @@ def base_config() -> ml_collections.ConfigDict:
     # size when the source is at least twice the stage's size. augment_on: where
     # the flip, shift-scale-rotate and cutout run: "host" (tf.data), "device"
     # (inside the jitted train step; the host only decodes, crops and resizes)
-    # or "auto" (device on TPU/GPU, host on CPU).
+    # or "auto" (device on a GPU; host on CPU and TPU, where XLA:TPU's gathers
+    # make the warp dear: README "Where the augmentations run").
     c.input = ml_collections.ConfigDict(
         dict(sampling="uniform", deterministic=True, dct_scaling=True, augment_on="auto")
     )

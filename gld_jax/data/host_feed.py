@@ -215,14 +215,21 @@ def host_feed(
     return HostFeed(chips, rate, source, chips / rate, PIPELINE_SHARE * vcpus, vcpus)
 
 
-def feed_fix(feed: HostFeed, *, augment_on_device: bool, dct_scaling: bool) -> str:
-    """The remedies, most effective first, for a stage whose hosts fall behind."""
+def feed_fix(
+    feed: HostFeed, *, augment_on_device: bool, dct_scaling: bool, tpu: bool = False
+) -> str:
+    """The remedies, most effective first, for a stage whose hosts fall behind.
+    On a TPU the device warp's gathers are dear, so it comes last there, with
+    the way to check its cost."""
     fixes = []
-    if not augment_on_device:
-        fixes.append("input.augment_on=device")
+    device = "input.augment_on=device"
+    if not augment_on_device and not tpu:
+        fixes.append(device)
     if not dct_scaling:
         fixes.append("input.dct_scaling=True")
     fixes.append("a smaller --max_side at conversion (the decode is the host's main cost)")
+    if not augment_on_device and tpu:
+        fixes.append(f"{device} (its gathers are dear on a TPU: check --dry_run --compile)")
     return (
         ", ".join(fixes)
         + f"; else the stage runs at the hosts' {feed.host_images_per_s:,.0f} images/s per host"
