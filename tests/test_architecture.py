@@ -97,8 +97,12 @@ def test_training_runs_without_tensorflow(tmp_path):
     tfrecord_dir = prepare_data(tiny_config(tmp_path / "data"), str(tmp_path))
     script = textwrap.dedent(
         f"""
-        import sys
+        import os, sys
         sys.modules["tensorflow"] = None  # any import of it raises ImportError
+        import jax
+        if os.environ.get("GLD_JAX_TEST_COMPILE_CACHE"):  # the session's compiled steps
+            jax.config.update("jax_compilation_cache_dir", os.environ["GLD_JAX_TEST_COMPILE_CACHE"])
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
         sys.path.insert(0, {str(ROOT / "tests")!r})
         import numpy as np
         from tiny import tiny_config
