@@ -110,6 +110,7 @@ def test_training_runs_without_tensorflow(tmp_path):
         from gld_jax.train.trainer import train
 
         config = tiny_config({str(tmp_path / "data")!r})
+        config.input.augment_on = "device"  # as test_trainer's runs: their compiled steps
 
         def batches(plan, skip):
             rng = np.random.default_rng(skip)

@@ -136,6 +136,10 @@ def tiny_run(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("tiny")
     config = tiny_config(root / "data")
+    # The flip, warp and cutout inside the step, the path GPU runs take: the
+    # resume test below must hold with their draws too, and every test here
+    # then shares the same compiled steps.
+    config.input.augment_on = "device"
     tfrecord_dir = prepare_data(config, str(root))
     return config, tfrecord_dir, root
 
@@ -152,11 +156,9 @@ def test_interrupted_run_resumes_exactly_and_never_repeats_a_stage(tiny_run):
     equal an uninterrupted run's. Exactly equal is expected (same programs, same
     data order, dropout keyed by step); 1e-6 allows for XLA reordering sums
     between differently shaped compilations. The flip, shift-scale-rotate and
-    cutout run inside the step (input.augment_on=device), the path TPU and GPU
-    runs take, so their draws must resume too; the host's crop still runs."""
+    cutout run inside the step (input.augment_on=device, see tiny_run), so
+    their draws must resume too; the host's crop still runs."""
     config, tfrecord_dir, root = tiny_run
-    config = config.copy_and_resolve_references()
-    config.input.augment_on = "device"
     mesh = mesh_lib.make_mesh(-1, 1)
     straight = str(root / "straight")
     broken = str(root / "broken")

@@ -44,6 +44,23 @@ def _micro_batches(batch: Batch, accumulate: int) -> Batch:
     return jax.tree.map(split, batch)
 
 
+def augmented_batch(
+    batch: Batch,
+    key: jax.Array,
+    step: jax.Array,
+    augment: AugmentConfig,
+    sharding: jax.sharding.Sharding | None = None,
+) -> Batch:
+    """The batch with its images flipped, warped and cut out on the device
+    (float32 [N, S, S, 3]), drawn from (stage key, the augmentation stream,
+    step): the same step always draws the same, so a resume repeats nothing."""
+    aug_key = jax.random.fold_in(jax.random.fold_in(key, _AUGMENT_STREAM), step)
+    images = augment_batch(batch["image"], aug_key, augment)
+    if sharding is not None:
+        images = jax.lax.with_sharding_constraint(images, sharding)
+    return {**batch, "image": images}
+
+
 def train_step_fn(
     state: TrainState,
     batch: Batch,
@@ -103,11 +120,7 @@ def train_step_fn(
         return jnp.mean(losses), (new_stats, accuracy)
 
     if augment is not None:
-        aug_key = jax.random.fold_in(jax.random.fold_in(key, _AUGMENT_STREAM), state.step)
-        images = augment_batch(batch["image"], aug_key, augment)
-        if batch_sharding is not None:
-            images = jax.lax.with_sharding_constraint(images, batch_sharding)
-        batch = {**batch, "image": images}
+        batch = augmented_batch(batch, key, state.step, augment, batch_sharding)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     if accumulate == 1:
         (loss, (new_stats, accuracy)), grads = grad_fn(state.params, state.batch_stats, batch, 0)
