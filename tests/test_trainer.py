@@ -217,8 +217,11 @@ def test_stop_on_a_stage_boundary_does_not_start_the_next_stage(tiny_run):
         tfrecord_dir=tfrecord_dir,
         mesh=mesh,
         stop_after_steps=stage0,
+        validate_fn=lambda model, plan: {"head": 0.5 + plan.index},
     )
     assert not r.complete and r.global_step == stage0 and r.steps_run == stage0
+    # stage 0 finished, so it was validated; stage 1 never started
+    assert r.validation == [{"head": 0.5}] and r.validation_gap == [0.5]
     assert Checkpointer(workdir + "/checkpoints").latest_step() == stage0
 
 

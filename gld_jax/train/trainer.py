@@ -199,7 +199,7 @@ def _train_stages(run: _Run) -> TrainResult:
     history: list[dict] = []
     steps_run, t_train = 0, 0.0
 
-    def result(*, global_step: int, complete: bool) -> TrainResult:
+    def outcome(*, global_step: int, complete: bool) -> TrainResult:
         return TrainResult(
             model=model,
             plans=plans,
@@ -229,7 +229,7 @@ def _train_stages(run: _Run) -> TrainResult:
         if stop_after_steps is not None and steps_run >= stop_after_steps:
             # the step budget ran out on a stage boundary (or was 0): stop here
             update_model(model, *jax.device_get((eval_params(state), state.batch_stats)))
-            return result(global_step=plan.first_step + done, complete=False)
+            return outcome(global_step=plan.first_step + done, complete=False)
 
         counts = run.manifest.class_counts(plan.label_set)
         margins = jax.device_put(_padded_margins(config, counts), mesh_lib.replicated(mesh))
@@ -296,7 +296,7 @@ def _train_stages(run: _Run) -> TrainResult:
         t_train += time.perf_counter() - stage_t0
         update_model(model, *jax.device_get((eval_params(state), state.batch_stats)))
         if step_done < plan.steps:  # stopped early on request
-            return result(global_step=plan.first_step + step_done, complete=False)
+            return outcome(global_step=plan.first_step + step_done, complete=False)
         if validate_fn is not None:
             result = validate_fn(model, plan)
             gaps.append({k: float(v) for k, v in result.items()})
@@ -308,7 +308,7 @@ def _train_stages(run: _Run) -> TrainResult:
             for method, gap in gaps[-1].items():
                 log.info("stage %d validation GAP (%s) %.4f", plan.index, method, gap)
 
-    return result(global_step=plans[-1].last_step, complete=True)
+    return outcome(global_step=plans[-1].last_step, complete=True)
 
 
 class RunNotFinished(ValueError):
