@@ -399,12 +399,10 @@ def source_side(config) -> int:
 def _add_host_feed(report: dict, config, *, measure: bool) -> None:
     """Puts each stage's host-feed check (gld_jax.data.host_feed) in the report."""
     from gld_jax.data import host_feed
-    from gld_jax.data.augment_config import resolve_augment_on
+    from gld_jax.data.augment_config import augments_on_device
 
     platform = "tpu" if report["accelerator"].startswith("tpu_") else "gpu"
-    on_device = bool(config.augment) and (
-        resolve_augment_on(config.input.augment_on, platform) == "device"
-    )
+    on_device = augments_on_device(config, platform)
     side = source_side(config)
     report["host_feed"] = {
         "augment_on": "device" if on_device else "host",

@@ -57,3 +57,12 @@ def resolve_augment_on(augment_on: str, platform: str) -> str:
     if augment_on != "auto":
         return augment_on
     return "device" if platform == "gpu" else "host"
+
+
+def augments_on_device(config, platform: str) -> bool:
+    """Whether a run of `config` on `platform` flips, warps and cuts out inside the
+    train step (`config.augment` on and `input.augment_on` resolving to "device");
+    the host pipeline then leaves them out."""
+    return (
+        bool(config.augment) and resolve_augment_on(config.input.augment_on, platform) == "device"
+    )

@@ -28,9 +28,9 @@ def host_batches(config, tfrecord_dir: str) -> BatchSource:
     repeating or losing data. With `input.augment_on` resolving to "device"
     the host leaves the flip, warp and cutout to the train step.
     """
-    from gld_jax.data.augment_config import resolve_augment_on
+    from gld_jax.data.augment_config import augments_on_device
 
-    host_geometric = resolve_augment_on(config.input.augment_on, jax.default_backend()) == "host"
+    host_geometric = not augments_on_device(config, jax.default_backend())
 
     def batches(plan, skip_batches: int) -> Iterator[Batch]:
         from gld_jax.data import input_pipeline  # TensorFlow only when a stream starts

@@ -68,9 +68,10 @@ def _top_k_rows(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         idx = np.argpartition(-scores, k - 1, axis=1)[:, :k]
         # argpartition picks any of the columns tied at the k-th score: where it
         # left out a lower-numbered one, take the tied columns in column order.
-        kth = np.take_along_axis(scores, idx, axis=1).min(axis=1)
+        picked = np.take_along_axis(scores, idx, axis=1)
+        kth = picked.min(axis=1)
         tied = (scores == kth[:, None]).sum(axis=1)
-        taken = (np.take_along_axis(scores, idx, axis=1) == kth[:, None]).sum(axis=1)
+        taken = (picked == kth[:, None]).sum(axis=1)
         for r in np.flatnonzero(tied > taken):
             above = np.flatnonzero(scores[r] > kth[r])
             ties = np.flatnonzero(scores[r] == kth[r])[: k - len(above)]

@@ -16,7 +16,7 @@ import optax
 from jax.sharding import Mesh
 
 from gld_jax.config.defaults import stage_accumulate_steps
-from gld_jax.data.augment_config import AugmentConfig, resolve_augment_on
+from gld_jax.data.augment_config import AugmentConfig, augments_on_device
 from gld_jax.train.optim import learning_rate_schedule, make_optimizer
 from gld_jax.train.stages import StagePlan
 from gld_jax.train.state import TrainState, init_train_state, split_model
@@ -59,14 +59,6 @@ def concrete_rng_state(rng_state):
         return jnp.zeros(x.shape, x.dtype)
 
     return jax.tree.map(one, rng_state)
-
-
-def augments_on_device(config, platform: str) -> bool:
-    """Whether the train step, run on `platform`, applies the augmentations
-    (`config.augment` and `input.augment_on` resolved for that platform)."""
-    return (
-        bool(config.augment) and resolve_augment_on(config.input.augment_on, platform) == "device"
-    )
 
 
 def make_stage_step(

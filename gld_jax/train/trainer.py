@@ -64,9 +64,12 @@ class TrainResult:
         return [next(iter(v.values()), float("nan")) for v in self.validation]
 
 
-def stage_label_info(tfrecord_dir: str, config) -> tuple[dict[str, int], dict[str, int]]:
-    """Classes and training images (held-out fold excluded) per label set."""
-    m = manifest_lib.read_manifest(tfrecord_dir)
+def stage_label_info(
+    tfrecord_dir: str, config, manifest: manifest_lib.Manifest | None = None
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Classes and training images (held-out fold excluded) per label set, from
+    `manifest` when the caller has read it already."""
+    m = manifest or manifest_lib.read_manifest(tfrecord_dir)
     folds = training_folds(config)
     num_classes = {name: len(m.landmark_ids(name)) for name in m.label_sets}
     num_train = {
@@ -142,7 +145,7 @@ def train(
         this call; used by tests and to split long jobs.
     """
     manifest = manifest_lib.read_manifest(tfrecord_dir)
-    num_classes, num_train = stage_label_info(tfrecord_dir, config)
+    num_classes, num_train = stage_label_info(tfrecord_dir, config, manifest)
     plans = plan_stages(config.stages, num_classes=num_classes, num_train=num_train)
     is_main = jax.process_index() == 0
     with contextlib.ExitStack() as cleanup:
