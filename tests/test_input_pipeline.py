@@ -103,13 +103,12 @@ def test_train_batches_shapes_dtypes_labels(dirs):
     assert (resumed["label"] == batches[3]["label"]).all()
 
 
-def _train_pairs(out, epochs=5, **kw):
+def _train_pairs(out, epochs=5, label_set="full", folds=None, **kw):
     """Distinct (image digest, label) pairs seen in `epochs` epochs without augmentation."""
-    n = input_pipeline.num_examples(
-        out, "train", label_set=kw.get("label_set", "full"), folds=kw.get("folds")
-    )
+    n = input_pipeline.num_examples(out, "train", label_set=label_set, folds=folds)
+    options = input_pipeline.TrainOptions(folds=folds, augment=False, shuffle_buffer=16)
     ds = input_pipeline.train_dataset(
-        out, image_size=S, batch_size=1, augment=False, shuffle_buffer=16, **kw
+        out, image_size=S, batch_size=1, label_set=label_set, options=options, **kw
     )
     return {
         (_digest(b["image"][0]), int(b["label"][0]))
@@ -151,7 +150,9 @@ def test_train_rejects_empty_selection(dirs, tmp_path):
     with pytest.raises(ValueError, match="label_set"):
         input_pipeline.train_dataset(out, image_size=S, batch_size=2, label_set="nope")
     with pytest.raises(ValueError, match="folds"):
-        input_pipeline.train_dataset(out, image_size=S, batch_size=2, folds=[FOLDS])
+        input_pipeline.train_dataset(
+            out, image_size=S, batch_size=2, options=input_pipeline.TrainOptions(folds=[FOLDS])
+        )
     with pytest.raises(ValueError, match="no training records"):  # would hang, not fail
         input_pipeline.train_dataset(
             out, image_size=S, batch_size=2, process_index=999, process_count=1000

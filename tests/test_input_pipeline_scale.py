@@ -43,11 +43,12 @@ def _digest(image):
     return hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest()
 
 
-def _stream(out, n, **kw):
+def _stream(out, n, deterministic=True, sampling="uniform", **kw):
     """(digest, label) of the first n single-image batches, no augmentation."""
-    ds = input_pipeline.train_dataset(
-        out, image_size=S, batch_size=1, augment=False, shuffle_buffer=8, **kw
+    options = input_pipeline.TrainOptions(
+        augment=False, shuffle_buffer=8, deterministic=deterministic, sampling=sampling
     )
+    ds = input_pipeline.train_dataset(out, image_size=S, batch_size=1, options=options, **kw)
     return [(_digest(b["image"][0]), int(b["label"][0])) for b in ds.take(n).as_numpy_iterator()]
 
 
@@ -79,7 +80,12 @@ def test_every_record_once_per_epoch_across_processes(out, count):
 def test_resume_at_any_step_matches_the_unskipped_stream(out):
     n = input_pipeline.num_examples(out, "train")
     batch = 7
-    kw = dict(image_size=S, batch_size=batch, seed=3, shuffle_buffer=16)
+    kw = dict(
+        image_size=S,
+        batch_size=batch,
+        seed=3,
+        options=input_pipeline.TrainOptions(shuffle_buffer=16),
+    )
     ref = list(input_pipeline.train_dataset(out, **kw).take(2 * n // batch + 2).as_numpy_iterator())
     # Mid first epoch, the batch that straddles the epoch boundary, deep in epoch 2.
     for k in (2, n // batch, 2 * n // batch + 1):
@@ -93,7 +99,9 @@ def test_resume_at_any_step_matches_the_unskipped_stream(out):
 
 
 def test_resume_with_sampling(out):
-    kw = dict(image_size=S, batch_size=5, seed=4, sampling="sqrt")
+    kw = dict(
+        image_size=S, batch_size=5, seed=4, options=input_pipeline.TrainOptions(sampling="sqrt")
+    )
     ref = list(input_pipeline.train_dataset(out, **kw).take(40).as_numpy_iterator())
     got = next(input_pipeline.train_dataset(out, skip_batches=37, **kw).as_numpy_iterator())
     np.testing.assert_array_equal(got["image"], ref[37]["image"])
@@ -131,7 +139,9 @@ def test_balanced_sampling_flattens_the_class_distribution(out):
     uniform = np.bincount([lab for _, lab in _stream(out, n)], minlength=k)
     np.testing.assert_array_equal(uniform, counts)  # one epoch: every image once
     with pytest.raises(ValueError, match="sampling"):
-        input_pipeline.train_dataset(out, image_size=S, batch_size=1, sampling="pareto")
+        input_pipeline.train_dataset(
+            out, image_size=S, batch_size=1, options=input_pipeline.TrainOptions(sampling="pareto")
+        )
 
 
 # --------------------------------------------------------------------------- DCT
@@ -190,7 +200,11 @@ def test_pipeline_images_with_and_without_dct_agree(out):
     train = [
         next(
             input_pipeline.train_dataset(
-                out, image_size=S, batch_size=8, seed=2, dct_scaling=d
+                out,
+                image_size=S,
+                batch_size=8,
+                seed=2,
+                options=input_pipeline.TrainOptions(dct_scaling=d),
             ).as_numpy_iterator()
         )
         for d in (True, False)

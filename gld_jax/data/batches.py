@@ -43,17 +43,19 @@ def host_batches(config, tfrecord_dir: str) -> BatchSource:
             image_size=plan.image_size,
             batch_size=plan.batch_size if whole else local,
             label_set=plan.label_set,
-            folds=training_folds(config),
             seed=config.seed * 1000 + plan.index,
-            augment=config.augment,
+            skip_batches=skip_batches,
             process_index=0 if whole else pi,
             process_count=1 if whole else pc,
-            shuffle_buffer=config.shuffle_buffer,
-            skip_batches=skip_batches,
-            deterministic=config.input.deterministic,
-            dct_scaling=config.input.dct_scaling,
-            sampling=config.input.sampling,
-            host_geometric=host_geometric,
+            options=input_pipeline.TrainOptions(
+                folds=training_folds(config),
+                augment=config.augment,
+                host_geometric=host_geometric,
+                shuffle_buffer=config.shuffle_buffer,
+                deterministic=config.input.deterministic,
+                dct_scaling=config.input.dct_scaling,
+                sampling=config.input.sampling,
+            ),
         )
         for batch in ds.as_numpy_iterator():
             yield (

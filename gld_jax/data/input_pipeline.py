@@ -19,6 +19,7 @@ train_clean.csv are dropped. Batch sizes are per process.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Sequence
@@ -145,24 +146,50 @@ def sampling_weights(counts: np.ndarray, power: float) -> np.ndarray:
 SAMPLING_POWERS = {"uniform": 1.0, "sqrt": 0.5, "balanced": 0.0}
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainOptions:
+    """How the training stream reads, samples and augments: what holds for a whole
+    run, where a stage sets only image_size, batch_size, label_set and seed.
+
+    Attributes:
+      folds: folds to train on (None = all).
+      augment: recipe augmentations (augment_lib.AugmentConfig) or plain resize.
+      augment_config: overrides the default augmentation parameters.
+      host_geometric: with `augment`, also flip, shift-scale-rotate and cut out here;
+        False leaves those to the train step (`input.augment_on=device`) and the
+        host only decodes, crops and resizes.
+      shuffle_buffer: records in the shuffle buffer (of encoded JPEGs).
+      deterministic: True: the same batches on every run (resume is exact). False: the
+        fast mode, parallel stages may reorder elements (resume then only approximate).
+      dct_scaling: decode JPEGs at 1/2, 1/4 or 1/8 scale when the source (or its crop)
+        is at least 2x, 4x, 8x image_size.
+      sampling: 'uniform' (each image once per epoch), 'sqrt' (class c drawn with
+        probability proportional to sqrt(n_c)) or 'balanced' (every class equally):
+        images are repeated floor(w_c) or ceil(w_c) times per epoch
+        (sampling_weights; the expected epoch size is unchanged).
+    """
+
+    folds: Sequence[int] | None = None
+    augment: bool = True
+    augment_config: augment_lib.AugmentConfig | None = None
+    host_geometric: bool = True
+    shuffle_buffer: int = 2048
+    deterministic: bool = True
+    dct_scaling: bool = True
+    sampling: str = "uniform"
+
+
 def train_dataset(
     tfrecord_dir: str,
     *,
     image_size: int,
     batch_size: int,
     label_set: str = "full",
-    folds: Sequence[int] | None = None,
     seed: int = 0,
-    augment: bool = True,
+    skip_batches: int = 0,
     process_index: int = 0,
     process_count: int = 1,
-    shuffle_buffer: int = 2048,
-    augment_config: augment_lib.AugmentConfig | None = None,
-    skip_batches: int = 0,
-    deterministic: bool = True,
-    dct_scaling: bool = True,
-    sampling: str = "uniform",
-    host_geometric: bool = True,
+    options: TrainOptions | None = None,
 ) -> tf.data.Dataset:
     """Infinite training batches for this process.
 
@@ -176,29 +203,15 @@ def train_dataset(
       image_size: side S of the square images in pixels.
       batch_size: examples per batch on this process (per-process, not global).
       label_set: 'full' or 'clean'; labels are contiguous classes of that set.
-      folds: folds to train on (None = all).
       seed: file order, record shuffle and augmentation are deterministic in it.
-      augment: recipe augmentations (augment_lib.AugmentConfig) or plain resize.
-      process_index, process_count: this process reads a disjoint slice: whole files
-        when there are at least process_count files, else every process_count-th record.
-      shuffle_buffer: records in the shuffle buffer (of encoded JPEGs).
-      augment_config: overrides the default augmentation parameters.
       skip_batches: start after this many batches (resume): the same batches as
         `.skip(skip_batches)` on the dataset. With sampling 'uniform' whole epochs are
         skipped arithmetically and only the records of the current epoch before the
         resume point are read (not decoded); with other samplings the epochs' lengths
         vary, so the skipped records are read (not decoded) from the start.
-      deterministic: True: the same batches on every run (resume is exact). False: the
-        fast mode, parallel stages may reorder elements (resume then only approximate).
-      dct_scaling: decode JPEGs at 1/2, 1/4 or 1/8 scale when the source (or its crop)
-        is at least 2x, 4x, 8x image_size.
-      sampling: 'uniform' (each image once per epoch), 'sqrt' (class c drawn with
-        probability proportional to sqrt(n_c)) or 'balanced' (every class equally):
-        images are repeated floor(w_c) or ceil(w_c) times per epoch
-        (sampling_weights; the expected epoch size is unchanged).
-      host_geometric: with `augment`, also flip, shift-scale-rotate and cut out here;
-        False leaves those to the train step (`input.augment_on=device`) and the
-        host only decodes, crops and resizes.
+      process_index, process_count: this process reads a disjoint slice: whole files
+        when there are at least process_count files, else every process_count-th record.
+      options: the run-wide settings (TrainOptions; None: its defaults).
 
     Returns:
       Dataset of {"image": uint8 [B, S, S, 3], "label": int32 [B]}, drop_remainder.
@@ -206,6 +219,8 @@ def train_dataset(
     Raises:
       ValueError: bad arguments, or no training record for this process.
     """
+    options = options or TrainOptions()
+    folds, sampling, deterministic = options.folds, options.sampling, options.deterministic
     manifest = read_manifest(tfrecord_dir)
     manifest.check_label_set(label_set)
     if image_size < 1 or batch_size < 1 or skip_batches < 0:
@@ -230,7 +245,7 @@ def train_dataset(
             f"no training records for label_set={label_set!r}, folds={folds} "
             f"on process {process_index} of {process_count} in {tfrecord_dir}"
         )
-    config = augment_config or augment_lib.AugmentConfig()
+    config = options.augment_config or augment_lib.AugmentConfig()
     parse = _parser(_label_table(manifest, label_set))
     keep = _selector("train", label_set, fold_list)
     weights = None
@@ -267,7 +282,7 @@ def train_dataset(
                     _copies(ex, weights, epoch_seed, process_index)
                 )
             )
-        return ds.shuffle(shuffle_buffer, seed=epoch_seed * 7919 + process_index)
+        return ds.shuffle(options.shuffle_buffer, seed=epoch_seed * 7919 + process_index)
 
     first = skip_batches * batch_size
     start_epoch, within = divmod(first, mine) if weights is None else (0, first)
@@ -276,7 +291,7 @@ def train_dataset(
     ds = ds.enumerate(start=first)
 
     def prepare(i: tf.Tensor, ex: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        if augment:
+        if options.augment:
             elem_seed = tf.stack([tf.constant(seed, tf.int64) * 65537 + process_index, i])
             image = augment_lib.augment_train_image(
                 ex[features.ENCODED],
@@ -285,12 +300,12 @@ def train_dataset(
                 elem_seed,
                 image_size,
                 config,
-                dct_scaling=dct_scaling,
-                geometric=host_geometric,
+                dct_scaling=options.dct_scaling,
+                geometric=options.host_geometric,
             )
         else:
             image = augment_lib.decode_eval_image(
-                ex[features.ENCODED], image_size, dct_scaling=dct_scaling
+                ex[features.ENCODED], image_size, dct_scaling=options.dct_scaling
             )
         return {"image": image, "label": tf.cast(ex["label"], tf.int32)}
 
