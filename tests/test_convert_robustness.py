@@ -404,12 +404,13 @@ def _kill_during_build(data_dir, out, kill_at):
     script = (
         "import os, signal, sys\n"
         "from tfrecords_tools import build_gldv2\n"
-        "real, n = build_gldv2.encode_image, [0]\n"
+        "from tfrecords_tools import shards\n"
+        "real, n = shards.encode_image, [0]\n"
         "def encode(data, options):\n"
         "    n[0] += 1\n"
         f"    if n[0] == {kill_at}: os.kill(os.getpid(), signal.SIGKILL)\n"
         "    return real(data, options)\n"
-        "build_gldv2.encode_image = encode\n"
+        "shards.encode_image = encode\n"
         f"sys.exit(build_gldv2.main(['--data_dir', {data_dir!r}, '--output_dir', {out!r},"
         " '--num_shards', '4', '--num_workers', '1', '--no_progress']))\n"
     )

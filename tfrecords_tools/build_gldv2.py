@@ -3,9 +3,10 @@
     python -m tfrecords_tools.build_gldv2 --data_dir /data/gldv2 --output_dir /data/gld_tfr \
         --num_shards 512 --folds 5 --max_side 1024            # add --from_tars for tars
 
-(One job at ~680 lines: the build itself, from listing sources through dealing,
-writing and resuming shards in parallel to the manifest; reading the CSVs is
-tfrecords_tools/gldv2_csv.py's, encoding images tfrecords_tools/images.py's.)
+The build: list the sources, match them to the CSVs (tfrecords_tools/gldv2_csv.py),
+deal the images into shards written in parallel and resumably
+(tfrecords_tools/shards.py, encoding by tfrecords_tools/images.py), then the
+manifest (tfrecords_tools/build_manifest.py).
 
 Reads train.csv (id,url,landmark_id), train_clean.csv (landmark_id,images), test.csv,
 index.csv and, when present, recognition_solution_v2.1.csv (test landmarks). Images come
@@ -41,23 +42,18 @@ Output may be any path tf.io.gfile writes (gs://bucket/dir on a TPU VM).
 from __future__ import annotations
 
 import argparse
-import collections
-import hashlib
 import json
-import math
-import multiprocessing
 import os
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
-import numpy as np
 from tqdm import tqdm
 
+from gld_jax.data.manifest import MANIFEST_FILE, SPLITS
 from gld_jax.utils import fs
 from gld_jax.utils.cli import quiet_tensorflow
 from tfrecords_tools import sources
+from tfrecords_tools.build_manifest import build_manifest, label_tables
 from tfrecords_tools.gldv2_csv import (
     BuildError,
     assign_folds,
@@ -67,236 +63,21 @@ from tfrecords_tools.gldv2_csv import (
     read_train,
     skip_record,
 )
-from tfrecords_tools.images import DEFAULT_MAX_PIXELS, EncodeOptions, ImageError, encode_image
+from tfrecords_tools.images import DEFAULT_MAX_PIXELS, EncodeOptions
+from tfrecords_tools.shards import (
+    PARTS_DIR,
+    Entry,
+    ShardResult,
+    run_tasks,
+    shard_tasks,
+    worker_pool,
+    write_atomic,
+)
 
-if TYPE_CHECKING:
-    import tensorflow as tf
+# TensorFlow is imported only where records are written (tfrecords_tools.shards), so
+# user mistakes are reported in a fraction of a second and without TF's start-up lines.
 
-# TensorFlow is imported only where records are written, so user mistakes are reported
-# in a fraction of a second and without TF's start-up log lines.
-
-MANIFEST_FILE = "manifest.json"
-MANIFEST_VERSION = 1
-PARTS_DIR = "_parts"
-# Bumped whenever a shard's bytes for the same inputs would change: stale parts are redone.
-CONVERTER_VERSION = 3
 LABEL_SETS = ("full", "clean")
-SPLITS = ("train", "test", "index")
-# test/index get one shard per this many images (at most num_shards), so small splits
-# are not spread over many near-empty files.
-MIN_EXAMPLES_PER_SHARD = 256
-_SPLIT_SEED = {"train": 1, "test": 2, "index": 3}
-image_path = sources.image_path  # kept importable from here
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One image to convert. landmark_id/fold are -1 when not applicable."""
-
-    split: str
-    image_id: str
-    landmark_id: int = -1
-    fold: int = -1
-    clean: bool = False
-
-
-@dataclass
-class ShardResult:
-    """What one shard holds: per written example its landmark id, fold, clean flag."""
-
-    name: str
-    landmark_ids: list[int] = field(default_factory=list)
-    folds: list[int] = field(default_factory=list)
-    clean: list[bool] = field(default_factory=list)
-    skipped: list[dict] = field(default_factory=list)
-    reencoded: dict[str, int] = field(default_factory=dict)
-    num_bytes: int = 0
-    fingerprint: str = ""
-    reused: bool = False
-
-
-# --------------------------------------------------------------------------- images
-
-
-def entry_to_example(
-    location: str | tuple[str, int, int], entry: Entry, class_index: int, options: EncodeOptions
-) -> tuple[tf.train.Example, str] | str:
-    """(Example, how the image was changed) for one image, or the reason it is skipped."""
-    from tfrecords_tools import features
-
-    try:
-        data = sources.read_bytes(location)
-    except FileNotFoundError:
-        return "missing file"
-    except OSError as e:
-        return f"unreadable: {e.strerror or e}"
-    try:
-        enc = encode_image(data, options)
-    except ImageError as e:
-        return str(e)
-    example = features.make_example(
-        encoded=enc.data,
-        image_id=entry.image_id,
-        class_index=class_index,
-        landmark_id=entry.landmark_id,
-        height=enc.height,
-        width=enc.width,
-        fold=entry.fold,
-        clean=entry.clean,
-    )
-    return example, enc.change
-
-
-# --------------------------------------------------------------------------- shards
-
-
-@dataclass(frozen=True)
-class ShardTask:
-    path: str
-    entries: list[Entry]
-    locations: list[str | tuple[str, int, int]]
-    classes: list[int]  # per entry: class in the build-time label set, -1 if none
-    options: EncodeOptions
-
-    def fingerprint(self) -> str:
-        """Hash of everything that decides this shard's bytes (not where images are read)."""
-        h = hashlib.sha256()
-        h.update(json.dumps([CONVERTER_VERSION, asdict(self.options)]).encode())
-        for e, c in zip(self.entries, self.classes, strict=True):
-            h.update(f"{e.split},{e.image_id},{e.landmark_id},{e.fold},{e.clean:d},{c};".encode())
-        return h.hexdigest()
-
-
-def _part_path(shard_path: str) -> str:
-    return os.path.join(
-        os.path.dirname(shard_path), PARTS_DIR, os.path.basename(shard_path) + ".json"
-    )
-
-
-def _load_part(task: ShardTask) -> ShardResult | None:
-    """The record of a complete shard made from these inputs, or None (redo it)."""
-    import tensorflow as tf
-
-    part = _part_path(task.path)
-    if not (tf.io.gfile.exists(part) and tf.io.gfile.exists(task.path)):
-        return None
-    try:
-        with tf.io.gfile.GFile(part, "r") as f:
-            result = ShardResult(**json.load(f))
-    except (ValueError, TypeError, tf.errors.OpError):
-        return None
-    if (
-        result.fingerprint != task.fingerprint()
-        or tf.io.gfile.stat(task.path).length != result.num_bytes
-    ):
-        return None
-    result.reused = True
-    return result
-
-
-def _write_atomic(path: str, text: str) -> None:
-    import tensorflow as tf
-
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(text)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
-
-
-def write_shard(task: ShardTask, progress: Callable[[int], object] | None = None) -> ShardResult:
-    """Writes one shard (unless an identical one is already complete) and its part record.
-
-    The shard goes to a temporary name and is renamed when complete; the part record is
-    written after that, so a kill at any point leaves either a finished shard with its
-    record or something the next run redoes.
-    """
-    import tensorflow as tf
-
-    done = _load_part(task)
-    if done is not None:
-        if progress is not None:
-            progress(len(task.entries))
-        return done
-    result = ShardResult(name=os.path.basename(task.path), fingerprint=task.fingerprint())
-    reencoded: collections.Counter[str] = collections.Counter()
-    tmp = f"{task.path}.tmp-{os.getpid()}"
-    with tf.io.TFRecordWriter(tmp) as writer:
-        for entry, location, cls in zip(task.entries, task.locations, task.classes, strict=True):
-            out = entry_to_example(location, entry, cls, task.options)
-            if isinstance(out, str):
-                result.skipped.append(skip_record(entry.split, entry.image_id, out))
-            else:
-                example, change = out
-                writer.write(example.SerializeToString(deterministic=True))  # sorted map keys
-                result.landmark_ids.append(entry.landmark_id)
-                result.folds.append(entry.fold)
-                result.clean.append(entry.clean)
-                if change:
-                    reencoded[change] += 1
-            if progress is not None:
-                progress(1)
-    tf.io.gfile.rename(tmp, task.path, overwrite=True)
-    result.reencoded = dict(sorted(reencoded.items()))
-    result.num_bytes = tf.io.gfile.stat(task.path).length
-    record = asdict(result)
-    del record["reused"]
-    _write_atomic(_part_path(task.path), json.dumps(record))
-    return result
-
-
-def shard_name(split: str, index: int, count: int) -> str:
-    return f"{split}-{index:05d}-of-{count:05d}.tfrecord"
-
-
-def _shard_tasks(
-    split: str,
-    entries: list[Entry],
-    locations: dict,
-    classes: dict[str, int],
-    num_shards: int,
-    seed: int,
-    output_dir: str,
-    options: EncodeOptions,
-) -> list[ShardTask]:
-    """Shuffles a split's images with the seed and cuts them into contiguous shards."""
-    if split != "train":
-        num_shards = min(num_shards, max(1, math.ceil(len(entries) / MIN_EXAMPLES_PER_SHARD)))
-    order = np.random.default_rng([seed, _SPLIT_SEED[split]]).permutation(len(entries))
-    tasks = []
-    for i, part in enumerate(np.array_split(order, num_shards)):
-        chosen = [entries[k] for k in part]
-        tasks.append(
-            ShardTask(
-                path=os.path.join(output_dir, shard_name(split, i, num_shards)),
-                entries=chosen,
-                locations=[locations[e.image_id] for e in chosen],
-                classes=[classes.get(e.image_id, -1) for e in chosen],
-                options=options,
-            )
-        )
-    return tasks
-
-
-def _pool(num_workers: int):
-    # spawn, not fork: TensorFlow's threads do not survive a fork.
-    return multiprocessing.get_context("spawn").Pool(num_workers)
-
-
-def _run_tasks(tasks: list[ShardTask], num_workers: int, show_progress: bool) -> list[ShardResult]:
-    """Runs the shard tasks (in worker processes when num_workers > 1), in task order."""
-    total = sum(len(t.entries) for t in tasks)
-    # tqdm shows images/s and the ETA; with workers it advances a shard at a time.
-    with tqdm(
-        total=total, desc="TFRecords", unit="img", disable=not show_progress, smoothing=0.05
-    ) as bar:
-        if num_workers <= 1:
-            return [write_shard(t, bar.update) for t in tasks]
-        with _pool(num_workers) as pool:
-            results = {}
-            for res in pool.imap_unordered(write_shard, tasks):
-                results[res.name] = res
-                bar.update(len(res.landmark_ids) + len(res.skipped))
-        return [results[os.path.basename(t.path)] for t in tasks]
 
 
 # --------------------------------------------------------------------------- sources
@@ -310,7 +91,7 @@ def _list_split(
         return sources.list_folder(data_dir, split)
     tars = sources.tar_files(data_dir, split)
     if num_workers > 1 and len(tars) > 1:
-        with _pool(min(num_workers, len(tars))) as pool:
+        with worker_pool(min(num_workers, len(tars))) as pool:
             parts = list(
                 tqdm(
                     pool.imap(sources.index_tar, tars),
@@ -356,97 +137,6 @@ def _match(
     return present
 
 
-# --------------------------------------------------------------------------- manifest
-
-
-def _label_tables(train: dict[str, int], clean: set[str]) -> dict[str, list[int]]:
-    clean_ids = sorted({train[i] for i in clean})
-    # clean_classes_full: every train.csv image of a clean class (the 1st place's
-    # extended retrieval index), labelled with the clean classes.
-    return {
-        "full": sorted(set(train.values())),
-        "clean": clean_ids,
-        "clean_classes_full": clean_ids,
-    }
-
-
-def _in_label_set(name: str, landmark_id: int, clean: bool, classes: dict[int, int]) -> bool:
-    """Whether a train record belongs to label set `name` (see _label_tables)."""
-    if name == "clean":
-        return clean
-    return landmark_id in classes
-
-
-def _manifest(
-    results: dict[str, list[ShardResult]],
-    tables: dict[str, list[int]],
-    folds: int,
-    label_set: str,
-    seed: int,
-    options: EncodeOptions,
-    skipped: list[dict],
-) -> dict:
-    splits = {}
-    for split, shard_results in results.items():
-        splits[split] = {
-            "files": [r.name for r in shard_results],
-            "num_examples": sum(len(r.landmark_ids) for r in shard_results),
-            "shard_counts": [len(r.landmark_ids) for r in shard_results],
-        }
-    label_sets = {}
-    shard_fold_counts = {}
-    for name, landmark_ids in tables.items():
-        index = {lm: i for i, lm in enumerate(landmark_ids)}
-        class_counts = np.zeros(len(landmark_ids), np.int64)
-        per_shard = []
-        for r in results["train"]:
-            keep = [
-                _in_label_set(name, lm, c, index)
-                for lm, c in zip(r.landmark_ids, r.clean, strict=True)
-            ]
-            lms = [lm for lm, k in zip(r.landmark_ids, keep, strict=True) if k]
-            fls = [f for f, k in zip(r.folds, keep, strict=True) if k]
-            np.add.at(class_counts, [index[lm] for lm in lms], 1)
-            per_shard.append(np.bincount(np.asarray(fls, np.int64), minlength=folds).tolist())
-        shard_fold_counts[name] = per_shard
-        label_sets[name] = {
-            "landmark_ids": landmark_ids,
-            "class_counts": class_counts.tolist(),
-            "fold_counts": np.sum(per_shard, axis=0, dtype=np.int64).reshape(-1).tolist()
-            if per_shard
-            else [0] * folds,
-            "num_examples": int(class_counts.sum()),
-            "num_empty_classes": int((class_counts == 0).sum()),
-        }
-    splits["train"]["shard_fold_counts"] = shard_fold_counts
-    reencoded: collections.Counter[str] = collections.Counter()
-    for r in (r for rs in results.values() for r in rs):
-        skipped = skipped + r.skipped
-        reencoded.update(r.reencoded)
-    reasons = collections.Counter(s["reason"].split(":")[0] for s in skipped)
-    return {
-        "version": MANIFEST_VERSION,
-        "label_set": label_set,
-        "folds": folds,
-        "seed": seed,
-        "max_side": options.max_side,
-        "jpeg_quality": options.jpeg_quality,
-        "max_pixels": options.max_pixels,
-        "min_examples_per_shard": MIN_EXAMPLES_PER_SHARD,
-        "splits": splits,
-        "label_sets": label_sets,
-        "fold_counts": label_sets["full"]["fold_counts"],
-        "skipped_counts": dict(sorted(reasons.items())),
-        "reencoded": dict(sorted(reencoded.items())),
-        "converted_to_rgb": sum(
-            n
-            for change, n in reencoded.items()
-            if any(part.startswith("converted") for part in change.split("+"))
-        ),
-        "skipped": skipped,
-    }
-
-
 def _prepare_output(output_dir: str) -> None:
     """Creates output_dir (local or gs://), removes stale temporaries, checks it is writable."""
     import tensorflow as tf
@@ -485,7 +175,7 @@ def _write_outputs(
         description=f"GLDv2 converted by tfrecords_tools.build_gldv2 (label_set "
         f"{label_set}); image/class indexes the {label_set} label set.",
     )
-    _write_atomic(os.path.join(output_dir, MANIFEST_FILE), json.dumps(manifest, indent=1))
+    write_atomic(os.path.join(output_dir, MANIFEST_FILE), json.dumps(manifest, indent=1))
 
 
 def build_gldv2(
@@ -553,7 +243,7 @@ def build_gldv2(
             f"label_set 'clean' needs {os.path.join(data_dir, 'train_clean.csv')}"
             " listing train images"
         )
-    tables = _label_tables(train, clean)
+    tables = label_tables(train, clean)
     fold_of = assign_folds(train, folds, seed)
     entries: dict[str, list[Entry]] = {
         "train": [Entry("train", i, lm, fold_of[i], i in clean) for i, lm in sorted(train.items())]
@@ -576,7 +266,7 @@ def build_gldv2(
         if label_set == "full" or e.clean
     }
     tasks = {
-        split: _shard_tasks(
+        split: shard_tasks(
             split,
             entries[split],
             listings[split].locations,
@@ -590,14 +280,14 @@ def build_gldv2(
     }
     flat = [t for split in SPLITS for t in tasks[split]]
     try:
-        flat_results = _run_tasks(flat, num_workers, show_progress)
+        flat_results = run_tasks(flat, num_workers, show_progress)
     except OSError as e:
         raise BuildError(f"cannot write shards to {output_dir}: {e}") from None
     results, k = {}, 0
     for split in SPLITS:
         results[split] = flat_results[k : k + len(tasks[split])]
         k += len(tasks[split])
-    manifest = _manifest(results, tables, folds, label_set, seed, options, skipped)
+    manifest = build_manifest(results, tables, folds, label_set, seed, options, skipped)
     _write_outputs(output_dir, manifest, results, tables, label_set)
     manifest["_reused_shards"] = sum(r.reused for r in flat_results)  # not written to disk
     return manifest
