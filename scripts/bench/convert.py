@@ -21,11 +21,10 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import _photos  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from scripts.bench.helpers import photos  # noqa: E402
 from tfrecords_tools import build_gldv2, sources  # noqa: E402
 
 
@@ -69,7 +68,7 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts")
     args = parser.parse_args()
     data = os.path.join(args.workdir, "data")
-    ids = _photos.write_gldv2_folder(data, args.num_images, 800, 600)
+    ids = photos.write_gldv2_folder(data, args.num_images, 800, 600)
     paths = [sources.image_path(data, "train", i) for i in ids]
     sizes = [os.path.getsize(p) for p in paths]
     result = {

@@ -6,7 +6,7 @@ Times, in ms per image (mean over --images sources x --repeats, after a warm-up
 pass): full decode, DCT-scaled decodes at 1/2 and 1/4, resizes of the decoded
 image to 256 and 512 px (antialiased bilinear as the pipeline, area, plain
 bilinear) and the shift-scale-rotate warp at those sizes. The sources are the
-photo-like JPEGs of scripts/bench/input_pipeline.py (scripts/bench/_photos.py).
+photo-like JPEGs of scripts/bench/input_pipeline.py (scripts/bench/helpers/photos.py).
 Prints one JSON line, with the bound these costs put on that benchmark's two
 goals (see "bounds" in the output and BENCHMARKS.md).
 """
@@ -22,7 +22,6 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from gld_jax.data.host_feed import photo_jpeg  # noqa: E402
 

@@ -27,13 +27,12 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import _photos  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from gld_jax.data import input_pipeline  # noqa: E402
+from scripts.bench.helpers import photos  # noqa: E402
 from tfrecords_tools import build_gldv2, features  # noqa: E402
 
 BATCH = 32
@@ -63,8 +62,14 @@ def _ceiling(out: str, images: int, ratio: int = 1) -> float:
     return images / (time.perf_counter() - t)
 
 
-def _pipeline(out: str, images: int, **kw) -> float:
-    ds = input_pipeline.train_dataset(out, batch_size=BATCH, seed=0, shuffle_buffer=256, **kw)
+def _pipeline(out: str, images: int, image_size: int, **options) -> float:
+    ds = input_pipeline.train_dataset(
+        out,
+        image_size=image_size,
+        batch_size=BATCH,
+        seed=0,
+        options=input_pipeline.TrainOptions(shuffle_buffer=256, **options),
+    )
     it = ds.as_numpy_iterator()
     for _ in range(2):  # warm up: tracing, first prefetch
         next(it)
@@ -83,7 +88,7 @@ def main() -> None:
     args = parser.parse_args()
     data = os.path.join(args.workdir, "data")
     out = os.path.join(args.workdir, "tfrecords")
-    _photos.write_gldv2_folder(data, args.num_images, 1024, 1024)
+    photos.write_gldv2_folder(data, args.num_images, 1024, 1024)
     if not os.path.exists(os.path.join(out, "manifest.json")):
         build_gldv2.build_gldv2(
             data, out, num_shards=8, num_workers=os.cpu_count() or 1, show_progress=False

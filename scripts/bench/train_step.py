@@ -9,7 +9,7 @@ Ours: LandmarkModel (backbone + GeM + 512-d neck) + Sub-center ArcFace head
 (`gld_jax.train.step.make_train_step`) on one device, timed after compilation and
 warm-up (median of --steps). Peer: timm's `tf_efficientnet_b0` (or the timm name
 of --model) with the same neck, head size and AdamW in PyTorch
-(`_timm_peer.py`), run in --peer_python (a Python with torch and timm; torch is
+(`helpers/timm_peer.py`), run in --peer_python (a Python with torch and timm; torch is
 not a product dependency). Without it the peer is skipped with a message.
 --augment_ab times ours twice in the same run instead, without and with the
 recipe's augmentations inside the step (`input.augment_on=device`), and skips the peer.
@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from gld_jax.data.augment_config import AugmentConfig  # noqa: E402
 from gld_jax.models.landmark import LandmarkModel  # noqa: E402
@@ -136,7 +136,7 @@ def time_peer(args) -> dict | None:
         return None
     cmd = [
         python,
-        os.path.join(os.path.dirname(__file__), "_timm_peer.py"),
+        os.path.join(os.path.dirname(__file__), "helpers", "timm_peer.py"),
         "--model",
         TIMM_PEERS[args.model],
         "--image_size",

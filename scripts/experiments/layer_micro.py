@@ -24,8 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from gld_jax.models import layers  # noqa: E402
 from gld_jax.models.efficientnet import block_specs  # noqa: E402
@@ -70,7 +69,7 @@ def depthwise_candidates():
     """name -> make(stride, pads) -> f(x, w). Each wraps the conv in elementwise ops
     (swish before and after, as in the MBConv block), since XLA fuses those into the
     conv's taps and that decides the cost."""
-    import _dw_variants
+    from scripts.experiments.helpers import dw_variants
 
     def wrap(conv):
         return lambda x, w: jax.nn.swish(conv(jax.nn.swish(x * 1.1 + 0.1), w))
@@ -83,7 +82,7 @@ def depthwise_candidates():
         )
 
     cands = {"conv2d einsum_shift (working tree)": impl("einsum_shift"), "conv2d lax": impl("lax")}
-    for name, fn in _dw_variants.VARIANTS.items():
+    for name, fn in dw_variants.VARIANTS.items():
         cands[name] = _bind_variant(wrap, fn)
     return cands
 
@@ -117,13 +116,13 @@ def _swish_after(conv, x, w):
 
 def run_pointwise(args, rng):
     rows = b0_shapes(args.image_size)
-    import _dw_variants
+    from scripts.experiments.helpers import dw_variants
 
     cands = {
         "einsum": lambda x, w: layers.conv2d(x, w, impl="einsum_shift"),
         "lax.conv": lambda x, w: layers.conv2d(x, w, impl="lax"),
     }
-    cands.update(_dw_variants.PW_VARIANTS)
+    cands.update(dw_variants.PW_VARIANTS)
     if args.only:
         cands = {k: v for k, v in cands.items() if any(o in k for o in args.only.split(","))}
     totals = dict.fromkeys(cands, 0.0)

@@ -30,12 +30,21 @@ import time
 import jax
 import jax.numpy as jnp
 
-sys.path.insert(0, os.path.dirname(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
-
-from train_step import add_model_args, build_ours  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
 
 from gld_jax.utils import fs  # noqa: E402
+from scripts.bench.train_step import add_model_args, build_ours  # noqa: E402
+
+
+def _effnet_lines(*needles: str) -> str:
+    """'(l1|l2|...)': the lines of efficientnet.py holding any needle, so the rules
+    below follow the source instead of pinning line numbers that edits shift."""
+    path = os.path.join(ROOT, "gld_jax", "models", "efficientnet.py")
+    with open(path) as f:
+        hits = [str(i) for i, line in enumerate(f, 1) if any(n in line for n in needles)]
+    return "(" + "|".join(hits) + ")"
+
 
 # Rules on one stack frame "file:line function"; frames are tried innermost first
 # and the first frame any rule matches names the bucket.
@@ -49,19 +58,19 @@ _FRAME_RULES = [
     ("neck", r"^gld_jax/models/neck\.py|^flax/nnx/nn/linear\.py"),
     (
         "depthwise conv",
-        r"^gld_jax/models/layers\.py:\d+ "
+        r"^gld_jax/models/conv\.py:\d+ "
         r"(_depthwise|_taps|_conv_shift_depthwise|_dw_|tap_grad)",
     ),
-    ("1x1 / dense conv", r"^gld_jax/models/layers\.py:\d+ (_conv_shift_dense|_conv_lax)"),
+    ("1x1 / dense conv", r"^gld_jax/models/conv\.py:\d+ (_conv_shift_dense|_conv_lax)"),
     ("drop path", r"DropPath|^flax/nnx/rnglib\.py"),
     ("BatchNorm", r"^flax/nnx/nn/normalization\.py|^gld_jax/models/\w+\.py:\d+ \w*(bn|BatchNorm)"),
-    ("swish", r"^gld_jax/models/efficientnet\.py:(194|195|258|261) "),
-    ("SE", r"^gld_jax/models/efficientnet\.py:(197|198|199) "),
-    ("residual add", r"^gld_jax/models/efficientnet\.py:(204) "),
+    ("swish", rf"^gld_jax/models/efficientnet\.py:{_effnet_lines('jax.nn.swish(self.')} "),
+    ("SE", rf"^gld_jax/models/efficientnet\.py:{_effnet_lines('se = ', 'sigmoid(self.se_')} "),
+    ("residual add", rf"^gld_jax/models/efficientnet\.py:{_effnet_lines('x = x + inputs')} "),
     ("input normalise", r"^gld_jax/models/landmark\.py"),
 ]
 # A custom_vjp's backward carries the call site's stack: conv2d's depthwise branch.
-_CALL_SITE_RULES = [("depthwise conv", r"^gld_jax/models/layers\.py:\d+ conv2d")]
+_CALL_SITE_RULES = [("depthwise conv", r"^gld_jax/models/conv\.py:\d+ conv2d")]
 _KIND_ORDER = (
     "convolution",
     "dot",

@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from gld_jax.data.host_feed import photo_jpeg  # the importing script puts the repo on sys.path
+from gld_jax.data.host_feed import photo_jpeg
 from gld_jax.utils import fs
 
 

@@ -171,7 +171,7 @@ def _head_layers():
     import subprocess
     import types
 
-    repo = os.path.join(os.path.dirname(__file__), "..", "..")
+    repo = os.path.join(os.path.dirname(__file__), "..", "..", "..")
     res = subprocess.run(
         ["git", "show", "HEAD:gld_jax/models/conv.py"], cwd=repo, capture_output=True, text=True
     )

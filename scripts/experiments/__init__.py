@@ -1,0 +1,1 @@
+"""Experiments behind design choices (kernel variants, XLA flags, label noise), not benchmarks."""

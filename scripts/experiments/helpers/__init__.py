@@ -1,0 +1,1 @@
+"""Code the experiments share: the depthwise-convolution variants compared by layer_micro."""
