@@ -21,7 +21,9 @@ def main() -> None:
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    os.environ["XLA_FLAGS"] = (
+        f"{os.environ.get('GLD_JAX_TEST_XLA_FLAGS', '')} --xla_force_host_platform_device_count=4"
+    )
     os.environ["JAX_PLATFORMS"] = "cpu"
     here = os.path.dirname(os.path.abspath(__file__))
     sys.path.insert(0, here)
