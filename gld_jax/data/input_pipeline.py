@@ -1,6 +1,6 @@
 """tf.data input pipelines over the TFRecords of tfrecords_tools.build_gldv2.
 
-(~440 lines: the two streams share their record reading, label tables and sharding.)
+(~460 lines: the two streams share their record reading, label tables and sharding.)
 
     train_dataset: infinite, shuffled, augmented batches {"image" uint8 [B,S,S,3],
         "label" int32 [B]} of this process's slice of the data; epoch-structured, so a
