@@ -146,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def persistent_cache_is_safe(backend: str, num_devices: int) -> bool:
-    """Whether executables may come from JAX's persistent compilation cache.
+    """Whether executables may come from JAX's persistent compilation cache, for
+    programs over `num_devices` devices (all processes').
 
     Not on XLA:CPU with several devices: there (jax 0.10.2) a train step loaded
     from the cache computed other gradients than the same step compiled afresh
@@ -163,7 +164,8 @@ def _enable_compilation_cache(workdir: str) -> None:
 
     if "://" in workdir:  # remote workdirs: leave the cache to the user
         return
-    if not persistent_cache_is_safe(jax.default_backend(), jax.local_device_count()):
+    # All processes' devices: a program's collectives span them all.
+    if not persistent_cache_is_safe(jax.default_backend(), jax.device_count()):
         return
     jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "xla_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)

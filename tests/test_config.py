@@ -150,7 +150,7 @@ def test_no_persistent_compile_cache_on_several_cpu_devices(tmp_path):
 
     from gld_jax import main
 
-    assert jax.default_backend() == "cpu" and jax.local_device_count() == 8
+    assert jax.default_backend() == "cpu" and jax.device_count() == 8
     before = jax.config.jax_compilation_cache_dir
     main._enable_compilation_cache(str(tmp_path))
     assert jax.config.jax_compilation_cache_dir == before

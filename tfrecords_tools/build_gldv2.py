@@ -74,8 +74,9 @@ from tfrecords_tools.shards import (
     write_atomic,
 )
 
-# TensorFlow is imported only where records are written (tfrecords_tools.shards), so
-# user mistakes are reported in a fraction of a second and without TF's start-up lines.
+# TensorFlow is imported only once the inputs are checked, by the functions that touch
+# the output (_prepare_output here, tfrecords_tools.shards), so user mistakes are
+# reported in a fraction of a second and without TF's start-up lines.
 
 LABEL_SETS = ("full", "clean")
 
