@@ -25,6 +25,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from gld_jax.utils.cli import cpu_only_when_no_accelerator, parse_flags, quiet_tensorflow
+from gld_jax.utils.compile_cache import enable_compilation_cache
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (local path or gs://...).")
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             calibrate_host=_CALIBRATE_HOST.value,
         )
     maybe_initialize_distributed(config.distributed)
-    _enable_compilation_cache(workdir)
+    enable_compilation_cache(workdir)
     try:
         validate_config(config, num_devices=jax.device_count(), process_count=jax.process_count())
     except ConfigError as e:
@@ -143,32 +144,6 @@ def main(argv: list[str] | None = None) -> int:
         print(ladder_table(summary["ladder"], config.eval.nonlandmark_usage))
     print(json.dumps(summary))
     return 0
-
-
-def persistent_cache_is_safe(backend: str, num_devices: int) -> bool:
-    """Whether executables may come from JAX's persistent compilation cache, for
-    programs over `num_devices` devices (all processes').
-
-    Not on XLA:CPU with several devices: there (jax 0.10.2) a train step loaded
-    from the cache computed other gradients than the same step compiled afresh
-    (gradient norm 174.33 against 168.61, reproducibly) and some runs hung in a
-    collective; without the cache every run agreed. One CPU device (the demo),
-    GPUs and TPUs keep the cache.
-    """
-    return backend != "cpu" or num_devices == 1
-
-
-def _enable_compilation_cache(workdir: str) -> None:
-    """Persistent XLA cache beside the run, so a rerun or resume skips compiles."""
-    import jax
-
-    if "://" in workdir:  # remote workdirs: leave the cache to the user
-        return
-    # All processes' devices: a program's collectives span them all.
-    if not persistent_cache_is_safe(jax.default_backend(), jax.device_count()):
-        return
-    jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "xla_cache"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
 def run(config, workdir: str, *, mode: str = "all", stop_after_steps: int | None = None) -> dict:

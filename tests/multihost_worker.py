@@ -64,7 +64,7 @@ def main() -> None:
     # No persistent compilation cache here (unlike the other tests): on XLA:CPU
     # a multi-device train step loaded from it computed other gradients than
     # the same step compiled afresh, and some runs hung in a collective
-    # (gld_jax.main.persistent_cache_is_safe). Each call compiles its own.
+    # (gld_jax.utils.compile_cache). Each call compiles its own.
     import jax
 
     from gld_jax.data.batches import host_batches

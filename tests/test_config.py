@@ -144,17 +144,17 @@ def test_config_prediction_modes_are_the_evaluators():
 
 def test_no_persistent_compile_cache_on_several_cpu_devices(tmp_path):
     """On XLA:CPU with several devices a step loaded from JAX's persistent cache
-    computed other gradients than one compiled afresh (gld_jax.main), so main
-    leaves the cache off there; one CPU device (the demo) and accelerators keep it."""
+    computed other gradients than one compiled afresh, so main leaves the cache
+    off there; one CPU device (the demo) and accelerators keep it."""
     import jax
 
-    from gld_jax import main
+    from gld_jax.utils import compile_cache
 
     assert jax.default_backend() == "cpu" and jax.device_count() == 8
     before = jax.config.jax_compilation_cache_dir
-    main._enable_compilation_cache(str(tmp_path))
+    compile_cache.enable_compilation_cache(str(tmp_path))
     assert jax.config.jax_compilation_cache_dir == before
     assert not (tmp_path / "xla_cache").exists()
-    assert main.persistent_cache_is_safe("cpu", 1)
-    assert main.persistent_cache_is_safe("tpu", 8) and main.persistent_cache_is_safe("gpu", 8)
-    assert not main.persistent_cache_is_safe("cpu", 8)
+    safe = compile_cache.persistent_cache_is_safe
+    assert safe("cpu", 1) and safe("tpu", 8) and safe("gpu", 8)
+    assert not safe("cpu", 8)
