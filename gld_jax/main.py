@@ -141,7 +141,13 @@ def main(argv: list[str] | None = None) -> int:
     if summary.get("ladder"):
         from gld_jax.pipeline import ladder_table
 
-        print(ladder_table(summary["ladder"], config.eval.nonlandmark_usage))
+        print(
+            ladder_table(
+                summary["ladder"],
+                config.eval.nonlandmark_usage,
+                summary.get("rerank_skipped", ""),
+            )
+        )
     print(json.dumps(summary))
     return 0
 

@@ -15,7 +15,13 @@ import numpy as np
 
 from gld_jax.data.batches import host_batches
 from gld_jax.data.prepare import prepare_data, resolve_dirs
-from gld_jax.metrics import correct_mask, global_average_precision, ranking_auc, read_solution
+from gld_jax.metrics import (
+    correct_mask,
+    global_average_precision,
+    ranking_auc,
+    read_solution,
+    solution_has_usage,
+)
 from gld_jax.retrieval.embeddings import (
     EmbeddingSet,
     declare_shard_set,
@@ -217,9 +223,11 @@ def evaluate(config, workdir: str) -> dict:
     data_dir, tfrecord_dir = resolve_dirs(config, workdir)
     solution_path = os.path.join(data_dir, SOLUTION_CSV)
     has_solution = fs.exists(solution_path)
-    nonlandmark = None
-    if config.eval.nonlandmark_usage and has_solution:
-        nonlandmark = select_nonlandmarks(queries, solution_path, config.eval.nonlandmark_usage)
+    nonlandmark, no_rerank = _nonlandmark_set(config, queries, solution_path, has_solution)
+    if nonlandmark is None and config.eval.prediction in RERANK_MODES:
+        raise ValueError(
+            f"eval.prediction={config.eval.prediction} needs a non-landmark set: {no_rerank}"
+        )
     k = config.eval.num_neighbors
     searcher, labelled = build_labelled_index(index, k, **index_params(config))
     common = dict(
@@ -244,6 +252,9 @@ def evaluate(config, workdir: str) -> dict:
     }
     if not has_solution:
         return out
+    if no_rerank and config.eval.nonlandmark_usage:
+        out["rerank_skipped"] = no_rerank
+        log.warning("non-landmark re-rank skipped: %s", no_rerank)
     for name, value in gap_scores(main_ev, solution_path).items():
         # "GAP" -> gap, "GAP/Public" -> gap_public (only with a Usage column)
         out[name.lower().replace("/", "_")] = round(value, 4)
@@ -274,7 +285,33 @@ def evaluate(config, workdir: str) -> dict:
     return out
 
 
-def ladder_table(ladder: dict, nonlandmark_usage: str = "") -> str:
+def _nonlandmark_set(
+    config, queries: EmbeddingSet, solution_path: str, has_solution: bool
+) -> tuple[EmbeddingSet | None, str]:
+    """(the re-rank modes' non-landmark set, "") or (None, why there is none).
+
+    The set is the test images the solution lists without a landmark in the
+    Usage `eval.nonlandmark_usage`, so the re-rank is judged on the other Usage
+    only. A solution without a Usage column (a user's own held-out rows) has
+    no rows to spare: taking its non-landmarks would judge the re-rank on the
+    very images it learnt from, so there is then no set."""
+    usage = config.eval.nonlandmark_usage
+    if not usage:
+        return None, "no non-landmark set configured (eval.nonlandmark_usage)"
+    if not has_solution:
+        return None, f"no solution CSV at {solution_path} to take the {usage} non-landmarks from"
+    if not solution_has_usage(solution_path):
+        return None, (
+            f"{solution_path} has no Usage column, so no {usage} rows can be set aside "
+            "as the non-landmark set without judging the re-rank on them"
+        )
+    nonlandmark = select_nonlandmarks(queries, solution_path, usage)
+    if len(nonlandmark) == 0:
+        return None, f"the solution lists no {usage} test image without a landmark"
+    return nonlandmark, ""
+
+
+def ladder_table(ladder: dict, nonlandmark_usage: str = "", rerank_skipped: str = "") -> str:
     """The summary's GAP ladder as an aligned text table."""
     names = {
         "head": "head only",
@@ -293,6 +330,8 @@ def ladder_table(ladder: dict, nonlandmark_usage: str = "") -> str:
             f"(the re-rank's non-landmark set is the {nonlandmark_usage} non-landmarks: "
             f"judge it on the other Usage)"
         )
+    if rerank_skipped:
+        lines.append(f"(blend + non-landmark re-rank skipped: {rerank_skipped})")
     lines.append("(AUC: how well the confidence ranks right predictions above the rest)")
     return "\n".join(lines)
 

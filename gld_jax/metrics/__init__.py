@@ -16,6 +16,7 @@ __all__ = [
     "ranking_auc",
     "read_solution",
     "read_submission",
+    "solution_has_usage",
 ]
 _MODULES = {"correct_mask": "confidence", "ranking_auc": "confidence"}
 
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
         global_average_precision,
         read_solution,
         read_submission,
+        solution_has_usage,
     )
 
 

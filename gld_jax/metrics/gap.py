@@ -35,6 +35,7 @@ __all__ = [
     "main",
     "read_solution",
     "read_submission",
+    "solution_has_usage",
 ]
 
 _USAGES = ("Public", "Private", "Ignored")
@@ -144,6 +145,17 @@ def read_solution(path: str | Path, usage: str | None = None) -> dict[str, set[i
     if usage is None:
         return {i: lm for i, lm, u in rows if u != "Ignored"}
     return {i: lm for i, lm, u in rows if u == usage}
+
+
+def solution_has_usage(path: str | Path) -> bool:
+    """Whether a solution CSV has the Usage column (Public/Private/Ignored rows);
+    a user's own held-out solution often has only ``id,landmarks``.
+
+    Raises:
+      OSError: the file cannot be read.
+      ValueError: malformed header or row.
+    """
+    return _read_solution_rows(path)[1]
 
 
 def _scores(
