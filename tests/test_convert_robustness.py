@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -123,8 +124,10 @@ def test_exif_rotation_applied(orientation, turn):
     "data,reason",
     [
         (b"", "empty file"),
-        (b"not an image at all", "undecodable"),
-        (_save(Image.fromarray(_noise(64, 64)), "JPEG", quality=95)[:900], "undecodable"),
+        (b"not an image at all", "not an image: the file holds text"),
+        (bytes(range(200, 256)) * 4, "not an image: no known image format"),
+        (_save(Image.fromarray(_noise(64, 64)), "JPEG", quality=95)[:900], "truncated"),
+        (_save(Image.fromarray(_noise(64, 64)), "PNG")[:200], "truncated"),
     ],
 )
 def test_broken_files_refused(data, reason):
@@ -311,7 +314,7 @@ def test_bad_dataset_converts_good_images_and_lists_every_bad_one(
     reasons = {(s["split"], s["id"]): s["reason"] for s in manifest["skipped"]}
     expect = {
         ("train", BAD["empty"]): "empty file",
-        ("train", BAD["truncated"]): "undecodable",
+        ("train", BAD["truncated"]): "truncated",
         ("train", BAD["huge_png"]): "too large",
         ("train", BAD["no_file"]): "missing file",
         ("train", BAD["in_unreadable_dir"]): "missing file",
@@ -451,6 +454,63 @@ def test_killed_run_resumes_and_reruns_are_byte_identical(bad_root, tmp_path):
     # Other options are other inputs: nothing stale is reused.
     other = build_gldv2.build_gldv2(bad_root, out, num_shards=4, max_side=16, show_progress=False)
     assert other["_reused_shards"] == 0 and other["max_side"] == 16
+
+
+def _tree(root):
+    """{relative path: bytes} of every file under root."""
+    out = {}
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, root)] = f.read()
+    return out
+
+
+def test_two_conversions_of_bad_files_are_byte_identical_with_stable_reasons(tmp_path):
+    """Every file of two outputs (shards, manifest, _parts, TFDS metadata) is the
+    same when the same folder of bad files is converted twice, by two processes;
+    no reason holds an object's address or a temporary path."""
+    root = str(tmp_path / "data")
+    jpeg = _save(Image.fromarray(_noise(64, 64)), "JPEG")
+    files = {
+        _id(0x60): _save(Image.fromarray(_noise(seed=5)), "JPEG"),  # a good one
+        _id(0x61): b"not an image at all",
+        _id(0x62): b"<html><body>404 Not Found</body></html>",
+        _id(0x63): bytes(range(200, 256)) * 4,  # binary, no known format
+        _id(0x64): jpeg[:900],  # truncated JPEG
+        _id(0x65): _save(Image.fromarray(_noise(64, 64)), "PNG")[:200],  # truncated PNG
+        _id(0x66): jpeg[:400] + bytes(range(256)) * 10,  # garbled JPEG
+        _id(0x67): _save(Image.fromarray(_noise(64, 64)), "WEBP")[:100],
+        _id(0x68): b"",
+    }
+    for image_id, data in files.items():
+        _write(root, "train", image_id, data)
+    with open(os.path.join(root, "train.csv"), "w") as f:
+        f.write("id,url,landmark_id\n" + "".join(f"{i},http://x,1\n" for i in files))
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    build_gldv2.build_gldv2(root, a, num_shards=2, show_progress=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tfrecords_tools.build_gldv2", "--data_dir", root]
+        + ["--output_dir", b, "--num_shards", "2", "--num_workers", "1", "--no_progress"],
+        cwd=REPO,
+        capture_output=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    tree_a, tree_b = _tree(a), _tree(b)
+    assert sorted(tree_a) == sorted(tree_b)
+    assert any(name.startswith(build_gldv2.PARTS_DIR) for name in tree_a)
+    for name in tree_a:
+        assert tree_a[name] == tree_b[name], name
+    with open(os.path.join(a, "manifest.json")) as f:
+        reasons = {s["id"]: s["reason"] for s in json.load(f)["skipped"]}
+    assert set(reasons) == set(files) - {_id(0x60)}
+    for reason in reasons.values():
+        assert not re.search(r"0x[0-9a-fA-F]{4,}|object at|/tmp|" + re.escape(root), reason)
+    assert reasons[_id(0x62)].startswith("not an image: the file holds text ('<html>")
+    assert reasons[_id(0x63)].startswith("not an image: no known image format")
+    assert reasons[_id(0x64)].startswith("truncated") and reasons[_id(0x65)].startswith("truncated")
 
 
 def test_gfile_output_and_tfds_reads_back_what_was_written(bad_root):

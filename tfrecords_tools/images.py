@@ -14,17 +14,19 @@ converter's workers and its tests share one definition of "good image":
 - an image whose longer side exceeds max_side is shrunk (JPEGs first by DCT scaling in
   the decoder, so a 20,000 x 20,000 JPEG never exists in memory at full size);
 - anything above max_pixels that cannot be decoded downscaled is refused, as are empty,
-  truncated and undecodable files (ImageError with a short reason).
+  truncated, non-image and undecodable files (ImageError with a short reason that is
+  the same in every run over the same bytes).
 """
 
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 # A GLDv2 photo is rarely above 12 MP; 64 MP (8000 x 8000, 192 MB as RGB) bounds what one
 # worker may hold while decoding.
@@ -148,9 +150,29 @@ def encode_image(data: bytes, options: EncodeOptions = EncodeOptions()) -> Encod
         except ImageError:
             raise
         except Exception as e:  # PIL raises many types for corrupt data; all mean "skip"
-            raise ImageError(f"undecodable: {type(e).__name__}: {e}") from None
+            raise ImageError(_decode_failure(data, e)) from None
         finally:
             Image.MAX_IMAGE_PIXELS = old_limit
+
+
+def _decode_failure(data: bytes, err: Exception) -> str:
+    """Why PIL could not decode `data`, in words a user can act on.
+
+    The reason goes into manifest.json, so it must be the same in every run over
+    the same file: PIL's messages can embed a Python object's address
+    ("<_io.BytesIO object at 0x7f...>"), which never reaches the reason."""
+    if isinstance(err, UnidentifiedImageError):
+        head = data[:32]
+        if all(32 <= b < 127 or b in b"\t\r\n" for b in head):
+            text = head.decode("ascii").split("\n")[0].strip()
+            return f"not an image: the file holds text ({text!r}...), e.g. a saved error page"
+        return "not an image: no known image format (JPEG, PNG, WebP, GIF, BMP, TIFF, ...)"
+    message = str(err)
+    if "truncat" in message.lower():
+        return "truncated: the file ends inside the image data (an interrupted download?)"
+    message = re.sub(r"<[^<>]* at 0x[0-9a-fA-F]+>", "the file", message)
+    message = re.sub(r"0x[0-9a-fA-F]{6,}", "0x...", message)
+    return f"undecodable: corrupt image data ({message})"
 
 
 def _encode(data: bytes, options: EncodeOptions) -> Encoded:
