@@ -222,8 +222,8 @@ def test_missing_and_corrupt_files_are_skipped(data_dir, tmp_path, capsys):
     skipped = {(s["split"], s["id"]): s["reason"] for s in manifest["skipped"]}
     assert skipped.keys() == {("train", train[0]), ("train", train[1]), ("test", test[0])}
     assert skipped["train", train[0]] == "missing file"
-    assert skipped["train", train[1]].startswith("undecodable")
-    assert skipped["test", test[0]].startswith("undecodable")
+    assert skipped["train", train[1]].startswith("not an image: the file holds text")
+    assert skipped["test", test[0]].startswith("truncated")
     got = [r["id"] for r in _read_records(out, manifest["splits"]["train"]["files"])]
     assert sorted(got) == sorted(train[2:])
     assert manifest["splits"]["train"]["num_examples"] == len(train) - 2
