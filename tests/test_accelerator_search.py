@@ -1,8 +1,10 @@
 """Accelerator search (gld_jax.retrieval.accelerator_search) on 8 fake CPU devices:
-the sharded exact search equals numpy's, ties included; approximate search
-meets its recall; the evaluation gives the same predictions and submission as
-the CPU path; an index too large for the devices is one line."""
+every backend's exact search (one pass, binned, the TPU's strided bins, the GPU
+kernel interpreted) equals numpy's, ties included; the evaluation gives the
+same predictions and submission as the CPU path; an index too large for the
+devices is one line. The TPU's compiled figures are in test_tpu_compile.py."""
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -11,6 +13,7 @@ from gld_jax.retrieval.accelerator_search import (
     IndexTooLargeError,
     plan_search,
     resolve_search,
+    search_method,
 )
 from gld_jax.retrieval.embeddings import EmbeddingSet, save_embeddings
 from gld_jax.retrieval.evaluate import evaluate_retrieval, main
@@ -28,13 +31,26 @@ def _clustered(rng, n, dim, clusters, noise):
     return _unit(centres[labels] + noise * rng.standard_normal((n, dim))), labels
 
 
+# Every per-device top-k the backends run, on the CPU: the TPU's strided bins
+# with their partial reduction written out, and the GPU kernel interpreted.
+METHODS = [
+    ("onepass", "float32"),
+    ("binned", "float32"),
+    ("binned", "bfloat16"),
+    ("partial_emulated", "float32"),
+    ("pallas_interpret", "bfloat16"),
+]
+
+
+@pytest.mark.parametrize("method,dtype", METHODS)
 @pytest.mark.parametrize("k", [1, 5, 10])
-def test_sharded_exact_search_equals_numpy_with_ties(k):
+def test_sharded_exact_search_equals_numpy_with_ties(k, method, dtype):
     """203 rows (not a multiple of 8: the last device holds padding) of +-1/4
     entries in 16 dimensions, so every cosine is a multiple of 1/16, computed
-    exactly by both, and ties are everywhere: they must come back by row number,
-    as numpy's exact search orders them. 37 queries in blocks of 16 (a padded
-    last block)."""
+    exactly by both (in bfloat16 too), and ties are everywhere: they must come
+    back by row number, as numpy's exact search orders them. 37 queries in
+    blocks (a padded last block). The binned methods keep only each bin's
+    maximum before rescoring, so ties across bins test their tie rule."""
     rng = np.random.default_rng(0)
     index = rng.choice([-0.25, 0.25], size=(203, 16)).astype(np.float32)
     index[150:160] = index[3]  # ten copies of row 3, on devices 5 and 6
@@ -45,14 +61,98 @@ def test_sharded_exact_search_equals_numpy_with_ties(k):
     scores = queries @ index.T
     order = np.stack([np.lexsort((np.arange(203), -row))[:k] for row in scores])
     np.testing.assert_array_equal(want_rows, order)
-    search = AcceleratorIndex(index, num_neighbors=k)
-    assert search.plan.devices == 8 and search.plan.rows_per_device == 26
-    rows, sims = search.search(queries, k, batch_size=16)
+    search = AcceleratorIndex(index, num_neighbors=k, method=method, dtype=dtype)
+    plan = search.plan
+    assert plan.devices == 8 and plan.method == method
+    assert plan.rows_per_device >= 26 and plan.rows_per_device % plan.bin_size == 0
+    if method != "onepass":
+        assert plan.rows_per_device // plan.bin_size >= 2  # several bins per device
+    block = 128 if method.startswith("pallas") else 16
+    rows, sims = search.search(queries, k, batch_size=block)
     np.testing.assert_array_equal(rows, want_rows)
     np.testing.assert_array_equal(sims, want_sims)
     assert len(np.unique(want_sims)) < want_sims.size / 4  # ties did decide the order
     if k == 10:  # row 3's copies, in row order
         assert rows[-3].tolist() == [3, *range(150, 159)]
+
+
+@pytest.mark.parametrize("method", ["binned", "partial_emulated"])
+def test_binned_search_equals_the_one_pass_search_on_clustered_data(method):
+    """Clustered rows, where the best neighbours of a query crowd into few bins
+    (the case a bin-max search could get wrong if it kept fewer than k bins):
+    the same rows and cosines as the one-pass search, k = 10."""
+    rng = np.random.default_rng(5)
+    index, _ = _clustered(rng, 3000, 32, 20, 0.3)
+    order = np.argsort(rng.integers(0, 20, 3000), kind="stable")
+    index = index[order]  # rows of one cluster next to each other: in the same bins
+    queries = _unit(index[::37] + 0.1 * rng.standard_normal((82, 32)))
+    one = AcceleratorIndex(index, method="onepass").search(queries, 10)
+    two = AcceleratorIndex(index, method=method).search(queries, 10)
+    np.testing.assert_array_equal(two[0], one[0])
+    np.testing.assert_allclose(two[1], one[1], atol=2e-6)
+
+
+def test_a_block_whose_partial_reduction_fails_its_check_is_searched_in_one_pass(
+    monkeypatch, caplog
+):
+    """On a TPU every block checks that each bin's maximum came from that bin;
+    a block that fails is searched again by the one-pass program."""
+    from gld_jax.retrieval import binned_topk
+
+    real = binned_topk.bin_max_emulated_partial
+
+    def unchecked(*args, **kw):
+        maxima, _ = real(*args, **kw)
+        return maxima * 0, jnp.bool_(False)  # wrong maxima, reported as such
+
+    monkeypatch.setattr(binned_topk, "bin_max_emulated_partial", unchecked)
+    rng = np.random.default_rng(6)
+    index, _ = _clustered(rng, 500, 16, 10, 0.4)
+    queries = _unit(index[::7] + 0.1 * rng.standard_normal((72, 16)))
+    want = exact_search(index, queries, 5)
+    with caplog.at_level("WARNING"):
+        rows, sims = AcceleratorIndex(index, method="partial_emulated").search(queries, 5)
+    np.testing.assert_array_equal(rows, want[0])
+    assert "searched in one pass" in caplog.text
+
+
+def test_each_backend_runs_its_own_search():
+    assert search_method("tpu", "bfloat16", 512) == "partial"
+    assert search_method("tpu", "bfloat16", 512, approx=True) == "onepass"
+    assert search_method("gpu", "bfloat16", 512) == "pallas"
+    assert search_method("gpu", "float32", 512) == "binned"  # Triton's f32 dot is TF32
+    assert search_method("gpu", "bfloat16", 8) == "binned"  # too narrow to tile
+    assert search_method("cpu", "float32", 512) == "binned"
+
+
+def test_the_gpu_kernel_lowers_to_triton():
+    """The fused bin-max kernel lowers for CUDA (Pallas -> Triton IR) on any
+    machine: the search program as a GPU would compile it."""
+    import jax
+
+    from gld_jax.retrieval.pallas_bin_max import bin_max_pallas
+
+    q = jax.ShapeDtypeStruct((256, 512), jnp.bfloat16)
+    rows = jax.ShapeDtypeStruct((1024, 512), jnp.bfloat16)
+    n = jax.ShapeDtypeStruct((1,), jnp.int32)
+    fn = jax.jit(lambda q, r, n: bin_max_pallas(q, r, n, bin_size=16))
+    text = fn.trace(q, rows, n).lower(lowering_platforms=("cuda",)).as_text()
+    assert "__gpu$xla.gpu.triton" in text and "bin_max" in text
+
+
+def test_approximate_search_is_exact_off_the_tpu(caplog):
+    """`search_recall` < 1 is TPU-KNN's approx_max_k; XLA has no faster form of
+    it on CPUs and GPUs, so there the search is exact, said in one line."""
+    rng = np.random.default_rng(2)
+    index, _ = _clustered(rng, 1000, 32, 80, 0.5)
+    queries = _unit(rng.standard_normal((100, 32)) * 0.3 + index[:100])
+    want, _ = exact_search(index, queries, 1)
+    with caplog.at_level("INFO"):
+        search = AcceleratorIndex(index, approx=True, recall_target=0.95)
+    assert search.kind == "accelerator_exact"
+    assert "has no faster form on cpu: the search is exact" in caplog.text
+    rows, _ = search.search(queries, 1)
+    np.testing.assert_array_equal(rows, want)
 
 
 def test_bfloat16_index_keeps_the_neighbours():
@@ -63,20 +163,6 @@ def test_bfloat16_index_keeps_the_neighbours():
     rows, sims = AcceleratorIndex(index, dtype="bfloat16").search(_unit(queries), 1)
     assert (rows == want).mean() >= 0.99
     np.testing.assert_allclose(sims, want_sims, atol=1e-2)
-
-
-def test_approximate_search_meets_its_recall_target():
-    """lax.approx_max_k per device at recall target 0.95, on clustered data:
-    recall@1 against exact search >= 0.95. (XLA:CPU computes approx_max_k
-    exactly; on a TPU the same call is the partial reduction of TPU-KNN.)"""
-    rng = np.random.default_rng(2)
-    index, _ = _clustered(rng, 4000, 32, 80, 0.5)
-    queries = _unit(rng.standard_normal((300, 32)) * 0.3 + index[:300])
-    want, _ = exact_search(index, queries, 1)
-    search = AcceleratorIndex(index, approx=True, recall_target=0.95)
-    assert search.kind == "accelerator_approx"
-    rows, _ = search.search(queries, 1)
-    assert (rows[:, 0] == want[:, 0]).mean() >= 0.95
 
 
 def test_index_too_large_is_one_line_naming_the_limit_and_fallback():

@@ -1,23 +1,37 @@
-"""Nearest-neighbour search on the accelerators: one matmul per query block.
+"""Nearest-neighbour search on the accelerators: matmuls over a sharded index.
 
 The index rows are split over every device of a 1-D mesh; a block of queries is
-replicated; each device scores the block against its rows (float32
-accumulation), keeps its own top-k (`lax.top_k`, exact, or `lax.approx_max_k`,
-TPU-KNN's partial reduction, with its recall target), and the devices'
-candidates are all-gathered and merged into the global top-k. Ids and labels
-stay on the host; only row numbers come back.
+replicated; each device finds its own exact top-k, and the devices' candidates
+are all-gathered and merged into the global top-k. Ids and labels stay on the
+host; only row numbers come back.
+
+How a device finds its top-k (`method`, chosen per backend by `search_method`):
+
+- "binned" (CPUs and float32 on GPUs) and "pallas" (bfloat16 on GPUs), "partial"
+  (TPUs): the two-stage exact search of `gld_jax.retrieval.binned_topk`: each bin
+  of consecutive rows keeps only its maximum score, then the rows of the k best
+  bins are rescored. On GPUs the maxima come from a fused Pallas kernel
+  (`pallas_bin_max`), on TPUs from XLA:TPU's fused partial reduction, so the
+  `[block, rows]` scores never make a round trip through HBM.
+- "onepass": a float32 `[block, rows]` score matrix and `lax.top_k` over it,
+  the reference the others are tested against, and the fallback of a TPU
+  block whose partial reduction fails its check.
+- approximate (`search_recall` < 1): `lax.approx_max_k` (TPU-KNN) per device,
+  on TPUs; XLA has no faster form of it on CPUs and GPUs, where the search
+  stays exact.
 
 At GLDv2 size with the recipe's ensemble (117,577 queries x 1.58M rows x 3,072
 dimensions, 5.7e14 multiply-adds) this is about a second of a TPU slice or one
-H200 at bf16 peak, with recall 1.0 in exact mode. ScaNN on the CPU stays the
-default (`eval.search=scann`); this path is `eval.search=accelerator`, or
-`auto`, which takes it when a TPU or GPU is present and the index fits.
+H200 at bf16 peak. ScaNN on the CPU stays the default (`eval.search=scann`);
+this path is `eval.search=accelerator`, or `auto`, which takes it when a TPU or
+GPU is present and the index fits.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import math
 
 import jax
@@ -27,6 +41,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from gld_jax.config.defaults import SEARCHES
+from gld_jax.retrieval import binned_topk
 from gld_jax.retrieval.index import IndexRows, NeighborIndex
 
 __all__ = [
@@ -35,8 +50,13 @@ __all__ = [
     "SEARCHES",
     "device_memory_bytes",
     "plan_search",
+    "program_for",
     "resolve_search",
+    "search_method",
+    "search_program",
 ]
+
+log = logging.getLogger(__name__)
 
 ROWS_AXIS = "rows"
 # Of a device's memory: the index shard may take this much, and the query
@@ -46,7 +66,14 @@ INDEX_FRACTION = 0.6
 SCORES_FRACTION = 0.25
 CPU_SCORE_BUDGET = 256 * 2**20  # a CPU device reports no memory limit
 MAX_QUERY_BLOCK = 8192
+# A query block of the fused GPU kernel stays in L2 while every row tile
+# streams past it once: 16 MB of queries (8,192 at 512 dims, 2,688 at 3,072).
+L2_QUERY_BYTES = 16 * 2**20
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+METHODS = ("onepass", "binned", "pallas", "pallas_interpret", "partial", "partial_emulated")
+# The TPU's partial reduction keeps one maximum per 2^r columns; rows per device
+# are padded to a multiple of this so every reduction window is whole.
+PARTIAL_MULTIPLE = 4096
 
 
 class IndexTooLargeError(ValueError):
@@ -65,8 +92,9 @@ def device_memory_bytes(device: jax.Device) -> int | None:
 
 @dataclasses.dataclass(frozen=True)
 class SearchPlan:
-    """How an index of `rows` x `dim` is laid out: rows per device (padded),
-    the query block, and the bytes that decided them (per device)."""
+    """How an index of `rows` x `dim` is laid out: rows per device (padded to
+    whole bins), the bin size, the query block, and the bytes that decided
+    them (per device)."""
 
     rows: int
     dim: int
@@ -75,6 +103,21 @@ class SearchPlan:
     query_block: int
     index_bytes_per_device: int
     memory_bytes: int | None
+    method: str = "onepass"
+    bin_size: int = 1
+
+
+def search_method(backend: str, dtype: str, dim: int, *, approx: bool = False) -> str:
+    """The per-device top-k a backend runs (see the module docstring)."""
+    if approx and backend == "tpu":
+        return "onepass"  # approx_max_k, aggregated: TPU-KNN
+    if backend == "tpu":
+        return "partial"
+    if backend == "gpu":
+        from gld_jax.retrieval.pallas_bin_max import pallas_supported
+
+        return "pallas" if pallas_supported(dim, DTYPES[dtype]) else "binned"
+    return "binned"
 
 
 def plan_search(
@@ -85,17 +128,32 @@ def plan_search(
     dtype: str,
     k: int,
     memory_bytes: int | None,
+    method: str = "onepass",
 ) -> SearchPlan:
     """The per-device layout of an index, and the largest query block whose
-    [block, rows per device] float32 scores fit the device's memory budget.
+    working set fits the device's memory budget: the [block, rows per device]
+    float32 scores where they are formed (onepass, binned, partial), the bins'
+    maxima and the rescored rows of the fused kernel.
 
     Raises:
       IndexTooLargeError: the index shard alone exceeds INDEX_FRACTION of a
-        device's memory.
+        device's memory (the TPU path stores it twice: two row orders).
     """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     per_device = max(k, math.ceil(rows / devices))
+    bin_size = 1
+    if method != "onepass":
+        bin_size = binned_topk.bin_size_for(per_device)
+        multiple = PARTIAL_MULTIPLE if method.startswith("partial") else 1
+        if method.startswith("pallas"):
+            from gld_jax.retrieval import pallas_bin_max
+
+            multiple = pallas_bin_max.DEFAULT_TILES.bn
+        per_device = binned_topk.padded_rows(rows, devices, bin_size, multiple)
     itemsize = jnp.dtype(DTYPES[dtype]).itemsize
-    shard = per_device * dim * itemsize
+    copies = 2 if method.startswith("partial") else 1
+    shard = copies * per_device * dim * itemsize
     if memory_bytes is None:
         score_budget = CPU_SCORE_BUDGET
     else:
@@ -108,57 +166,161 @@ def plan_search(
                 "eval.search=scann (the CPU path), bfloat16, or more devices"
             )
         score_budget = SCORES_FRACTION * (memory_bytes - shard)
-    block = int(score_budget // (4 * per_device))
-    block = max(8, min(MAX_QUERY_BLOCK, block - block % 8))
-    return SearchPlan(rows, dim, devices, per_device, block, shard, memory_bytes)
+    if method.startswith("pallas"):
+        per_query = 4 * per_device // bin_size + k * bin_size * dim * itemsize
+        cap = min(MAX_QUERY_BLOCK, L2_QUERY_BYTES // (dim * itemsize))
+        from gld_jax.retrieval import pallas_bin_max
 
-
-def _local_then_merge(q, shard, *, k: int, valid_rows: int, approx: bool, recall: float, f32):
-    # This device's rows start at axis_index * rows_per_device.
-    per_device = shard.shape[0]
-    first = jax.lax.axis_index(ROWS_AXIS) * per_device
-    precision = jax.lax.Precision.HIGHEST if f32 else jax.lax.Precision.DEFAULT
-    scores = jnp.einsum(
-        "qd,nd->qn", q, shard, preferred_element_type=jnp.float32, precision=precision
-    )
-    row = first + jnp.arange(per_device)
-    scores = jnp.where(row[None, :] < valid_rows, scores, -jnp.inf)  # padding rows
-    local_k = min(k, per_device)
-    if approx:
-        vals, pos = jax.lax.approx_max_k(scores, local_k, recall_target=recall)
+        step = pallas_bin_max.DEFAULT_TILES.bq  # the kernel's query tile
     else:
-        vals, pos = jax.lax.top_k(scores, local_k)
-    ids = pos.astype(jnp.int32) + first
+        per_query = 4 * per_device
+        cap, step = MAX_QUERY_BLOCK, 8
+    block = int(min(cap, score_budget // per_query))
+    block = max(step, block - block % step)
+    return SearchPlan(rows, dim, devices, per_device, block, shard, memory_bytes, method, bin_size)
+
+
+def _merge(vals, ids, k: int):
     # [queries, devices * k] candidates in device order, i.e. by row within ties.
     vals = jax.lax.all_gather(vals, ROWS_AXIS, axis=1, tiled=True)
     ids = jax.lax.all_gather(ids, ROWS_AXIS, axis=1, tiled=True)
     best, at = jax.lax.top_k(vals, k)
-    return best, jnp.take_along_axis(ids, at, axis=1)
+    return best, binned_topk.select_columns(ids, at)
+
+
+def _local_search(q, stage1, rows, *, k, valid_rows, method, bin_size, approx, recall, f32):
+    """One device's top-k of the replicated block `q` among its `rows`, merged
+    over the mesh. `stage1` is the same rows in the order stage 1 reads them
+    (the TPU's strided bins); other methods are given `rows` twice."""
+    per_device = rows.shape[0]
+    first = jax.lax.axis_index(ROWS_AXIS) * per_device
+    precision = jax.lax.Precision.HIGHEST if f32 else jax.lax.Precision.DEFAULT
+    local_k = min(k, per_device)
+    ok = jnp.bool_(True)
+    if method == "onepass":
+        scores = binned_topk.mask_padding(
+            jnp.einsum(
+                "qd,nd->qn", q, rows, preferred_element_type=jnp.float32, precision=precision
+            ),
+            first + jnp.arange(per_device)[None],
+            valid_rows,
+        )
+        if approx:
+            vals, pos = jax.lax.approx_max_k(scores, local_k, recall_target=recall)
+        else:
+            vals, pos = jax.lax.top_k(scores, local_k)
+        vals, ids = vals, pos.astype(jnp.int32) + first
+    else:
+        common = dict(first_row=first, valid_rows=valid_rows, precision=precision)
+        if method == "binned":
+            maxima = binned_topk.bin_max_xla(q, rows, bin_size=bin_size, **common)
+        elif method.startswith("pallas"):
+            from gld_jax.retrieval.pallas_bin_max import bin_max_pallas
+
+            valid_local = jnp.clip(valid_rows - first, 0, per_device).astype(jnp.int32)
+            maxima = bin_max_pallas(
+                q,
+                rows,
+                valid_local[None],
+                bin_size=bin_size,
+                interpret=method == "pallas_interpret",
+            )
+        elif method == "partial":
+            maxima, ok = binned_topk.bin_max_approx_partial(
+                q, stage1, k=local_k, recall_target=recall, **common
+            )
+        else:  # partial_emulated: the TPU path's layout, with the bins written out
+            maxima, ok = binned_topk.bin_max_emulated_partial(
+                q, stage1, num_bins=per_device // bin_size, **common
+            )
+        vals, ids = binned_topk.rescore_bins(
+            q, rows, maxima, k=local_k, bin_size=bin_size, **common
+        )
+    best, ids = _merge(vals, ids, k)
+    ok = jax.lax.pmin(ok.astype(jnp.int32), ROWS_AXIS) > 0
+    return best, ids, ok
 
 
 def search_program(
-    mesh: Mesh, *, k: int, valid_rows: int, approx: bool, recall_target: float, dtype: str
+    mesh: Mesh,
+    *,
+    k: int,
+    valid_rows: int,
+    approx: bool,
+    recall_target: float,
+    dtype: str,
+    method: str = "onepass",
+    bin_size: int = 1,
 ):
-    """The jitted search of one query block: `(queries [B, D] replicated, rows
-    [R, D] split over the mesh's rows axis) -> (scores [B, k], row numbers [B, k])`,
-    both replicated; rows >= valid_rows are padding and never returned."""
+    """The jitted search of one query block: `(queries [B, D] replicated,
+    stage-1 rows and rows [R, D] split over the mesh's rows axis) -> (scores
+    [B, k], row numbers [B, k], ok)`, all replicated; rows >= valid_rows are
+    padding and never returned. `ok` is False only when a TPU's partial
+    reduction did not bin as expected: search that block with "onepass"."""
     fn = functools.partial(
-        _local_then_merge,
+        _local_search,
         k=k,
         valid_rows=valid_rows,
+        method=method,
+        bin_size=bin_size,
         approx=approx,
         recall=recall_target,
         f32=dtype == "float32",
     )
+    rows_spec = P(ROWS_AXIS, None)
     mapped = jax.shard_map(
         fn,
         mesh=mesh,
-        in_specs=(P(), P(ROWS_AXIS, None)),
-        out_specs=(P(), P()),
+        in_specs=(P(), rows_spec, rows_spec),
+        out_specs=(P(), P(), P()),
         check_vma=False,
     )
     replicated = NamedSharding(mesh, P())
-    return jax.jit(mapped, out_shardings=(replicated, replicated))
+    return jax.jit(mapped, out_shardings=(replicated, replicated, replicated))
+
+
+def program_for(
+    plan: SearchPlan,
+    mesh: Mesh,
+    *,
+    k: int,
+    valid_rows: int,
+    dtype: str,
+    approx: bool = False,
+    recall_target: float = 1.0,
+    method: str | None = None,
+):
+    """`search_program` for an index laid out by `plan` (its method unless
+    `method` is given). The TPU's partial reduction takes the recall target
+    whose bins match the plan's; where no target gives them for this k, the
+    block is searched in one pass."""
+    method = method or plan.method
+    if method == "partial":
+        local_k = min(k, plan.rows_per_device)
+        bins = plan.rows_per_device // plan.bin_size
+        recall_target = binned_topk.partial_recall(
+            plan.rows_per_device, binned_topk.partial_k(local_k), bins
+        )
+        if recall_target is None:
+            method, recall_target = "onepass", 1.0
+    return search_program(
+        mesh,
+        k=k,
+        valid_rows=valid_rows,
+        approx=approx,
+        recall_target=recall_target,
+        dtype=dtype,
+        method=method,
+        bin_size=plan.bin_size,
+    )
+
+
+def stage1_order(method: str, rows_per_device: int, bin_size: int) -> np.ndarray | None:
+    """The row order stage 1 reads within each device's shard (TPU strided
+    bins), as original positions; None when it reads the rows as stored."""
+    if not method.startswith("partial"):
+        return None
+    return binned_topk.strided_layout(rows_per_device, rows_per_device // bin_size)
 
 
 class AcceleratorIndex(IndexRows):
@@ -172,10 +334,13 @@ class AcceleratorIndex(IndexRows):
       num_neighbors: default k.
       dtype: "float32" (scores equal numpy's to float rounding) or "bfloat16"
         (half the memory and twice the matmul rate; cosines move by ~1e-3).
-      approx: use `lax.approx_max_k` per device instead of an exact top-k.
+      approx: use `lax.approx_max_k` per device instead of an exact top-k
+        (TPUs; elsewhere the search stays exact).
       recall_target: approx_max_k's expected recall of each device's top-k.
       devices: the devices to spread the rows over (default: all).
       memory_bytes: per-device memory (default: what the device reports).
+      method: the per-device top-k (`METHODS`; default `search_method` for
+        the devices' backend).
     """
 
     def __init__(
@@ -188,6 +353,7 @@ class AcceleratorIndex(IndexRows):
         recall_target: float = 0.95,
         devices: list[jax.Device] | None = None,
         memory_bytes: int | None = None,
+        method: str | None = None,
     ) -> None:
         emb = np.ascontiguousarray(embeddings, np.float32)
         if emb.ndim != 2 or emb.shape[0] == 0:
@@ -199,6 +365,11 @@ class AcceleratorIndex(IndexRows):
         devices = list(devices or jax.devices())
         if memory_bytes is None:
             memory_bytes = device_memory_bytes(devices[0])
+        backend = devices[0].platform
+        if approx and backend != "tpu":
+            log.info("search_recall < 1 has no faster form on %s: the search is exact", backend)
+            approx = False
+        method = method or search_method(backend, dtype, emb.shape[1], approx=approx)
         self._embeddings = emb
         self.num_neighbors = num_neighbors
         self.dtype = dtype
@@ -211,18 +382,30 @@ class AcceleratorIndex(IndexRows):
             dtype=dtype,
             k=1,
             memory_bytes=memory_bytes,
+            method=method,
         )
         self.mesh = Mesh(np.array(devices), (ROWS_AXIS,))
-        padded = np.zeros((self.plan.rows_per_device * len(devices), emb.shape[1]), np.float32)
+        per = self.plan.rows_per_device
+        padded = np.zeros((per * len(devices), emb.shape[1]), DTYPES[dtype])
         padded[: emb.shape[0]] = emb
-        sharding = NamedSharding(self.mesh, P(ROWS_AXIS, None))
-        host = padded.astype(DTYPES[dtype])
-        # Every process holds the whole index; each puts only its devices' rows.
-        self._rows = jax.make_array_from_callback(
-            host.shape, sharding, functools.partial(_slice, host)
-        )
+        self._rows = self._put(padded)
+        order = stage1_order(method, per, self.plan.bin_size)
+        if order is None:
+            self._stage1 = self._rows
+        else:  # the same rows in each device's strided-bin order
+            shards = padded.reshape(len(devices), per, -1)[:, order]
+            self._stage1 = self._put(shards.reshape(padded.shape))
         self._replicated = NamedSharding(self.mesh, P())
         self._search = functools.lru_cache(maxsize=8)(self._compile)
+
+    def _put(self, host: np.ndarray) -> jax.Array:
+        # Every process holds the whole index; each puts only its devices' rows.
+        sharding = NamedSharding(self.mesh, P(ROWS_AXIS, None))
+        return jax.make_array_from_callback(host.shape, sharding, functools.partial(_slice, host))
+
+    @property
+    def method(self) -> str:
+        return self.plan.method
 
     @property
     def kind(self) -> str:
@@ -230,8 +413,8 @@ class AcceleratorIndex(IndexRows):
 
     def __repr__(self) -> str:
         return (
-            f"AcceleratorIndex(kind={self.kind!r}, size={self.size}, dim={self.dim}, "
-            f"dtype={self.dtype!r}, devices={self.plan.devices})"
+            f"AcceleratorIndex(kind={self.kind!r}, method={self.method!r}, size={self.size}, "
+            f"dim={self.dim}, dtype={self.dtype!r}, devices={self.plan.devices})"
         )
 
     def save(self, directory: str) -> None:
@@ -239,14 +422,16 @@ class AcceleratorIndex(IndexRows):
         layout on the devices is rebuilt from them when loaded."""
         NeighborIndex(self._embeddings, num_neighbors=self.num_neighbors).save(directory)
 
-    def _compile(self, k: int):
-        return search_program(
+    def _compile(self, k: int, method: str | None = None):
+        return program_for(
+            self.plan,
             self.mesh,
             k=k,
             valid_rows=self.size,
+            dtype=self.dtype,
             approx=self.approx,
             recall_target=self.recall_target,
-            dtype=self.dtype,
+            method=method,
         )
 
     def search(
@@ -268,23 +453,38 @@ class AcceleratorIndex(IndexRows):
         queries = np.ascontiguousarray(queries, np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise ValueError(f"dim mismatch: index {self.dim}, queries {queries.shape}")
-        block = batch_size or min(self.plan.query_block, -(-len(queries) // 8) * 8)
+        step = 8
+        if self.method.startswith("pallas"):
+            from gld_jax.retrieval import pallas_bin_max
+
+            step = pallas_bin_max.DEFAULT_TILES.bq
+        block = batch_size or min(self.plan.query_block, -(-len(queries) // step) * step)
         search = self._search(k)
+        # Every block is dispatched before any result is fetched, so the
+        # devices never wait for the host between blocks.
+        pending = []
+        for start in range(0, len(queries), block):
+            q = self._query_block(queries[start : start + block], block)
+            pending.append((start, q, search(q, self._stage1, self._rows)))
         out_idx = np.zeros((len(queries), k), np.int64)
         out_val = np.zeros((len(queries), k), np.float32)
-        for start in range(0, len(queries), block):
-            part = queries[start : start + block]
-            # Whole blocks only: one compiled shape, the last block zero-padded.
-            padded = np.zeros((block, self.dim), np.float32)
-            padded[: len(part)] = part
-            padded = padded.astype(DTYPES[self.dtype])
-            q = jax.make_array_from_callback(
-                padded.shape, self._replicated, functools.partial(_slice, padded)
-            )
-            vals, ids = jax.device_get(search(q, self._rows))
-            out_idx[start : start + len(part)] = ids[: len(part)]
-            out_val[start : start + len(part)] = vals[: len(part)]
+        for start, q, result in pending:
+            vals, ids, ok = jax.device_get(result)
+            if not ok:  # a TPU partial reduction that did not bin as expected
+                log.warning("partial reduction failed its check: block searched in one pass")
+                vals, ids, _ = jax.device_get(self._search(k, "onepass")(q, self._rows, self._rows))
+            n = min(block, len(queries) - start)
+            out_idx[start : start + n] = ids[:n]
+            out_val[start : start + n] = vals[:n]
         return out_idx, out_val
+
+    def _query_block(self, part: np.ndarray, block: int) -> jax.Array:
+        # Whole blocks only: one compiled shape, the last block zero-padded.
+        padded = np.zeros((block, self.dim), DTYPES[self.dtype])
+        padded[: len(part)] = part
+        return jax.make_array_from_callback(
+            padded.shape, self._replicated, functools.partial(_slice, padded)
+        )
 
 
 def _slice(array: np.ndarray, index) -> np.ndarray:
@@ -310,6 +510,7 @@ def resolve_search(search: str, *, rows: int, dim: int, dtype: str = "float32") 
             dtype=dtype,
             k=1,
             memory_bytes=device_memory_bytes(devices[0]),
+            method=search_method(jax.default_backend(), dtype, dim),
         )
     except IndexTooLargeError:
         return "scann"

@@ -179,69 +179,26 @@ def run_accelerator(index, queries, args) -> dict:
 def compile_tpu(args) -> dict:
     """XLA:TPU's figures for one query block of the accelerator search on a slice."""
     import jax
-    from jax.sharding import Mesh, NamedSharding
-    from jax.sharding import PartitionSpec as P
 
     from gld_jax.dry_run import ACCELERATORS
-    from gld_jax.retrieval import accelerator_search as acc
+    from gld_jax.retrieval.search_compile import compile_search
     from gld_jax.train import aot
 
-    devices = aot.topology_devices(args.compile_tpu)
-    kind = aot._kind_of(args.compile_tpu)
-    chip = ACCELERATORS[kind]
-    mesh = Mesh(np.array(devices), (acc.ROWS_AXIS,))
-    plan = acc.plan_search(
-        args.n,
-        args.dim,
-        devices=len(devices),
+    chip = ACCELERATORS[aot._kind_of(args.compile_tpu)]
+    out = compile_search(
+        args.compile_tpu,
+        rows=args.n,
+        dim=args.dim,
+        queries=args.queries,
+        k=args.k,
         dtype=args.search_dtype,
-        k=args.k,
-        memory_bytes=int(chip.memory_bytes),
-    )
-    block = min(plan.query_block, args.queries)
-    dtype = acc.DTYPES[args.search_dtype]
-    program = acc.search_program(
-        mesh,
-        k=args.k,
-        valid_rows=args.n,
-        approx=args.search_recall < 1,
         recall_target=args.search_recall,
-        dtype=args.search_dtype,
+        peak_flops=chip.peak_flops,
+        hbm_bytes_per_second=chip.hbm_bytes_per_second,
+        memory_bytes=chip.memory_bytes,
+        method=args.method,
     )
-    q = jax.ShapeDtypeStruct((block, args.dim), dtype, sharding=NamedSharding(mesh, P()))
-    rows = jax.ShapeDtypeStruct(
-        (plan.rows_per_device * len(devices), args.dim),
-        dtype,
-        sharding=NamedSharding(mesh, P(acc.ROWS_AXIS, None)),
-    )
-    _, f = aot.compile_figures(program.lower(q, rows))
-    blocks = math.ceil(args.queries / block)
-    per_block = f.roofline_seconds(chip.peak_flops, chip.hbm_bytes_per_second)
-    matmul_flops = 2.0 * args.queries * args.n * args.dim  # the whole problem
-    return {
-        "bench": "retrieval_compile_tpu",
-        "topology": args.compile_tpu,
-        "devices": len(devices),
-        "n": args.n,
-        "dim": args.dim,
-        "queries": args.queries,
-        "k": args.k,
-        "dtype": args.search_dtype,
-        "recall_target": args.search_recall,
-        "query_block": block,
-        "blocks": blocks,
-        "per_device": {
-            "argument_gib": round(f.argument_bytes / 2**30, 3),
-            "temp_gib": round(f.temp_bytes / 2**30, 3),
-            "peak_gib": round(f.peak_bytes / 2**30, 3),
-            "tflops_per_block": round(f.flops / 1e12, 3),
-            "gb_per_block": round(f.bytes_accessed / 1e9, 3),
-        },
-        "roofline_s": round(blocks * per_block, 3),
-        "matmul_bound_s": round(matmul_flops / (len(devices) * chip.peak_flops), 3),
-        "compile_s": round(f.compile_seconds, 1),
-        "jax": jax.__version__,
-    }
+    return {"bench": "retrieval_compile_tpu", **out, "jax": jax.__version__}
 
 
 def child(args) -> None:
@@ -303,6 +260,11 @@ def main() -> None:
     p.add_argument("--search_recall", type=float, default=1.0)
     p.add_argument("--k", type=int, default=5, help="--compile_tpu: neighbours per query")
     p.add_argument("--compile_tpu", help="compile for this TPU topology (e.g. v3:4x4) only")
+    p.add_argument(
+        "--method",
+        choices=("onepass", "partial"),
+        help="--compile_tpu: the per-device top-k (default: what a TPU runs)",
+    )
     p.add_argument("--truth")
     p.add_argument("--target_recall", type=float)
     p.add_argument("--skip_faiss", action="store_true")
