@@ -68,10 +68,13 @@ def test_statistics_cotangents_follow_autodiff():
 
         return jax.grad(loss, argnums=(0, 1, 2))(x, scale, bias)
 
-    ours = f(lambda x, s, b: batch_norm_lib._bn_train(x, s, b, 1e-3))
-    ref = f(lambda x, s, b: batch_norm_lib._bn_train_forward(x, s, b, 1e-3)[:3])
-    for a, b in zip(ours, ref, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(np.abs(b).max()))
+    for one_pass in (False, True):
+        ours = f(lambda x, s, b, o=one_pass: batch_norm_lib._bn_train(x, s, b, 1e-3, o))
+        ref = f(
+            lambda x, s, b, o=one_pass: batch_norm_lib._bn_train_forward(x, s, b, 1e-3, o)[:3]
+        )
+        for a, b in zip(ours, ref, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(np.abs(b).max()))
 
 
 def test_eval_mode_and_switch_off_are_flax():
