@@ -39,9 +39,7 @@ from gld_jax.train import mesh as mesh_lib  # noqa: E402
 from gld_jax.train.optim import make_optimizer  # noqa: E402
 from gld_jax.train.state import init_train_state, split_model  # noqa: E402
 from gld_jax.train.step import make_train_step, state_shardings  # noqa: E402
-
-TIMM_PEERS = {f"efficientnet_b{i}": f"tf_efficientnet_b{i}" for i in range(8)}
-TIMM_PEERS.update(resnest50="resnest50d", resnest101="resnest101e", resnest200="resnest200e")
+from scripts.bench.helpers.timm_names import TIMM_NAMES as TIMM_PEERS  # noqa: E402
 
 
 def add_model_args(ap: argparse.ArgumentParser) -> None:

@@ -47,6 +47,45 @@ def arcface_loss(emb, centers, labels, margin, scale):
     return F.cross_entropy(logits, labels)
 
 
+def build_step(
+    model_name: str,
+    *,
+    image_size: int,
+    batch_size: int,
+    num_classes: int,
+    amp: bool,
+    channels_last: bool,
+    compile: bool = False,
+):
+    """One full training step of the peer as a function returning the loss
+    (`.item()`, so it waits for the device). `compile`: torch.compile the model
+    and the loss (the first calls compile)."""
+    torch.manual_seed(0)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = Landmark(model_name, num_classes, 3, 512).train().to(device)
+    x = torch.randn(batch_size, 3, image_size, image_size, device=device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, num_classes, (batch_size,), device=device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    forward, loss_fn = model, arcface_loss
+    if compile:
+        forward, loss_fn = torch.compile(model), torch.compile(arcface_loss)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            emb = forward(x)
+        # The margin and softmax stay float32, as in ours.
+        loss = loss_fn(emb.float(), model.centers, y, 0.3, 80.0)
+        loss.backward()
+        opt.step()
+        return loss.item()  # waits for the device, so the timing is complete
+
+    return step
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="tf_efficientnet_b0")
@@ -60,29 +99,19 @@ def main():
     ap.add_argument(
         "--amp", action="store_true", help="bfloat16 autocast (the usual mixed precision on GPU)"
     )
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model and loss")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    torch.manual_seed(0)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = Landmark(a.model, a.num_classes, 3, 512).train().to(device)
-    x = torch.randn(a.batch_size, 3, a.image_size, a.image_size, device=device)
-    if a.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, a.num_classes, (a.batch_size,), device=device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=a.amp):
-            emb = model(x)
-        # The margin and softmax stay float32, as in ours.
-        loss = arcface_loss(emb.float(), model.centers, y, 0.3, 80.0)
-        loss.backward()
-        opt.step()
-        return loss.item()  # waits for the device, so the timing is complete
-
+    step = build_step(
+        a.model,
+        image_size=a.image_size,
+        batch_size=a.batch_size,
+        num_classes=a.num_classes,
+        amp=a.amp,
+        channels_last=a.channels_last,
+        compile=a.compile,
+    )
     for _ in range(a.warmup):
         step()
     times = []
@@ -101,7 +130,8 @@ def main():
                 "threads": torch.get_num_threads(),
                 "channels_last": a.channels_last,
                 "amp": a.amp,
-                "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+                "compiled": a.compile,
+                "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
                 "step_s_median": round(median, 4),
                 "images_per_s": round(a.batch_size / median, 2),
             }

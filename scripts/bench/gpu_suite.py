@@ -1,0 +1,507 @@
+"""Every GPU figure in one run: the train step against timm, the step's roofline,
+the augmentations inside the step, and the exact search against its matmul bound
+and PyTorch. Run by scripts/bench/gpu_suite.sh; prints one JSON line per row.
+
+    python scripts/bench/gpu_suite.py --out DIR            # on a GPU machine
+    python scripts/bench/gpu_suite.py --smoke --out DIR    # any machine, tiny sizes
+
+Each row is a job in its own process, so the jobs compile at once on the host's
+cores; their timed phases never overlap: a job holds a shared lock while it
+compiles and warms up and an exclusive one while it is timed (`gpu_lock`).
+XLA's autotuning runs kernels during compilation, so compiles also wait for
+timings. A job that fails or outlives its wave's time gives a row with its error;
+the others still run.
+
+Rows (`bench` field):
+- `train_step`: ours (bfloat16, the trainer's jitted step: backbone + GeM + neck
+  + Sub-center head + AdamW) with XLA's cost analysis of the compiled step
+  (bytes, FLOPs) as a roofline beside the measured time; timm eager and with
+  `torch.compile`, both with bfloat16 autocast and channels_last
+  (helpers/timm_peer.py). B0 224 px batch 128, B5 456 px batch 32.
+- variants of ours: the augmentations inside the step; BatchNorm's
+  hand-written fused form on the GPU (two-pass or one-pass statistics);
+  cuDNN's runtime fusion (an XLA flag).
+- `search`: all GLDv2 test queries (117,577) against its index (1,580,470 rows)
+  in bfloat16, exact top-5, at 512 and 3,072 dims: each per-device method of
+  gld_jax.retrieval.accelerator_search on device-resident blocks, the user path
+  (AcceleratorIndex from numpy), PyTorch's `q @ X.T` + `torch.topk` in blocks
+  of 8,192, and the matmul's bound at the device's peak; agreement of each
+  method's rows with the one-pass search.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+LOCK = os.environ.get("GLD_JAX_GPU_LOCK", "/tmp/gld_jax_gpu.lock")
+# Vendor figure for the H200 SXM: dense bfloat16 989 TFLOP/s, HBM3e 4.8 TB/s.
+PEAK_FLOPS = float(os.environ.get("GLD_JAX_PEAK_FLOPS", 989e12))
+HBM_BYTES_PER_S = float(os.environ.get("GLD_JAX_HBM_BYTES_PER_S", 4.8e12))
+
+
+@contextlib.contextmanager
+def gpu_lock(exclusive: bool):
+    """Shared while compiling and warming up, exclusive while timing."""
+    with open(LOCK, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2]
+
+
+# ---------------------------------------------------------------- train step (ours)
+
+
+def job_train_ours(a) -> dict:
+    if a.xla_flags:  # before JAX reads XLA_FLAGS
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {a.xla_flags}".strip()
+    import jax
+
+    from gld_jax.models import batch_norm
+    from scripts.bench.train_step import build_ours
+
+    if a.bn in ("fused", "fused_one_pass"):
+        batch_norm.BatchNorm.fused_backends = ("cpu", "gpu", "tpu")
+        batch_norm.BatchNorm.one_pass_stats = a.bn == "fused_one_pass"
+    args = argparse.Namespace(
+        model=a.model,
+        image_size=a.size,
+        batch_size=a.batch,
+        num_classes=1000,
+        dtype="bfloat16",
+        remat=False,
+    )
+    with gpu_lock(exclusive=False):
+        step, state, batch, margins = build_ours(args, augment=a.augment)
+        t = time.perf_counter()
+        compiled = step.lower(state, batch, margins).compile()
+        compile_s = time.perf_counter() - t
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        for _ in range(a.warmup):
+            state, metrics = compiled(state, batch, margins)
+        jax.block_until_ready(metrics)
+    with gpu_lock(exclusive=True):
+        times = []
+        for _ in range(a.steps):
+            t = time.perf_counter()
+            state, metrics = compiled(state, batch, margins)
+            jax.block_until_ready(metrics)
+            times.append(time.perf_counter() - t)
+    step_s = _median(times)
+    flops, nbytes = float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
+    roofline = max(flops / PEAK_FLOPS, nbytes / HBM_BYTES_PER_S)
+    return {
+        "images_per_s": round(a.batch / step_s, 1),
+        "step_ms": round(1e3 * step_s, 2),
+        "compile_s": round(compile_s, 1),
+        "xla_tflop_per_step": round(flops / 1e12, 3),
+        "xla_gb_per_step": round(nbytes / 1e9, 2),
+        "roofline_ms": round(1e3 * roofline, 2),
+        "measured_over_roofline": round(step_s / roofline, 2) if roofline else None,
+        "loss_finite": bool(jax.numpy.isfinite(metrics["loss"])),
+        "device": jax.devices()[0].device_kind,
+        "jax": jax.__version__,
+    }
+
+
+# ---------------------------------------------------------------- train step (timm)
+
+
+def job_train_timm(a) -> dict:
+    """timm eager, then timm with torch.compile (model and loss), same process."""
+    import torch
+
+    from scripts.bench.helpers import timm_peer
+    from scripts.bench.helpers.timm_names import TIMM_NAMES
+
+    if not torch.cuda.is_available() and not a.smoke:
+        raise RuntimeError("no CUDA device for the PyTorch peer")
+    out, steps = {}, {}
+    with gpu_lock(exclusive=False):  # both built and warmed (compiled) first
+        for name in ("eager", "compiled"):
+            steps[name] = timm_peer.build_step(
+                TIMM_NAMES.get(a.model, a.model),
+                image_size=a.size,
+                batch_size=a.batch,
+                num_classes=1000,
+                amp=True,
+                channels_last=True,
+                compile=name == "compiled",
+            )
+            t = time.perf_counter()
+            for _ in range(a.warmup):
+                steps[name]()
+            out[name] = {"warmup_s": round(time.perf_counter() - t, 1)}
+    with gpu_lock(exclusive=True):
+        for name, step in steps.items():
+            times = []
+            for _ in range(a.steps):
+                t = time.perf_counter()
+                step()  # returns loss.item(): waits for the device
+                times.append(time.perf_counter() - t)
+            out[name]["images_per_s"] = round(a.batch / _median(times), 1)
+            out[name]["step_ms"] = round(1e3 * _median(times), 2)
+    out["torch"] = torch.__version__
+    return out
+
+
+# ---------------------------------------------------------------- search
+
+
+def _clustered(key, n, dim, clusters, dtype):
+    """[n, dim] unit rows: a random centre each plus noise, made on the device
+    in chunks (a float32 copy of the whole set would not fit beside the rest)."""
+    import jax
+    import jax.numpy as jnp
+
+    k1, k2, k3 = jax.random.split(key, 3)
+    centres = jax.random.normal(k1, (clusters, dim), jnp.float32)
+    labels = jax.random.randint(k2, (n,), 0, clusters)
+
+    @jax.jit
+    def make(labels, key):
+        x = centres[labels] + jax.random.normal(key, (labels.shape[0], dim), jnp.float32)
+        return (x / jnp.linalg.norm(x, axis=1, keepdims=True)).astype(dtype)
+
+    chunk = 1 << 18
+    parts = [make(labels[i : i + chunk], jax.random.fold_in(k3, i)) for i in range(0, n, chunk)]
+    return jnp.concatenate(parts)
+
+
+def job_search(a) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from gld_jax.retrieval import accelerator_search as acc
+
+    dim, n, nq, k = a.dim, a.rows, a.queries, 5
+    devices = jax.devices()[:1]
+    mesh = Mesh(np.array(devices), (acc.ROWS_AXIS,))
+    memory = acc.device_memory_bytes(devices[0])
+    out: dict = {
+        "dim": dim,
+        "rows": n,
+        "queries": nq,
+        "k": k,
+        "dtype": "bfloat16",
+        "device": devices[0].device_kind,
+        "matmul_bound_s": 2.0 * nq * n * dim / PEAK_FLOPS,
+        "methods": {},
+    }
+    key = jax.random.key(0)
+    with gpu_lock(exclusive=False):
+        index = _clustered(key, n, dim, a.clusters, jnp.bfloat16)
+        queries = _clustered(jax.random.fold_in(key, 1), nq, dim, a.clusters, jnp.bfloat16)
+    reference = None
+    methods = a.methods.split(",")
+    for spec in methods:
+        # "pallas@BQxBNxBKxWARPSxSTAGES": the kernel with other tiles.
+        method, _, tiles = spec.partition("@")
+        if tiles:
+            from gld_jax.retrieval import pallas_bin_max
+
+            pallas_bin_max.DEFAULT_TILES = pallas_bin_max.KernelTiles(
+                *(int(t) for t in tiles.split("x"))
+            )
+        try:
+            with gpu_lock(exclusive=False):
+                plan = acc.plan_search(
+                    n, dim, devices=1, dtype="bfloat16", k=k, memory_bytes=memory, method=method
+                )
+                rows = jnp.zeros((plan.rows_per_device, dim), jnp.bfloat16).at[:n].set(index)
+                stage1 = rows
+                order = acc.stage1_order(method, plan.rows_per_device, plan.bin_size)
+                if order is not None:
+                    stage1 = rows[jnp.asarray(order)]
+                rows, stage1 = (
+                    jax.device_put(x, NamedSharding(mesh, P(acc.ROWS_AXIS, None)))
+                    for x in (rows, stage1)
+                )
+                program = acc.program_for(plan, mesh, k=k, valid_rows=n, dtype="bfloat16")
+                block = plan.query_block
+                padded = (
+                    jnp.zeros((-(-nq // block) * block, dim), jnp.bfloat16).at[:nq].set(queries)
+                )
+                blocks = [padded[i : i + block] for i in range(0, padded.shape[0], block)]
+                t = time.perf_counter()
+                jax.block_until_ready(program(blocks[0], stage1, rows))
+                compile_s = time.perf_counter() - t
+
+            def run(program=program, blocks=blocks, stage1=stage1, rows=rows):
+                res = [program(b, stage1, rows) for b in blocks]
+                jax.block_until_ready(res)
+                return res
+
+            with gpu_lock(exclusive=True):
+                times = []
+                for _ in range(a.repeats):
+                    t = time.perf_counter()
+                    res = run()
+                    times.append(time.perf_counter() - t)
+            ids = np.concatenate([np.asarray(r[1]) for r in res])[:nq]
+            sims = np.concatenate([np.asarray(r[0]) for r in res])[:nq]
+            row = {
+                "search_s": round(min(times), 4),
+                "over_bound": round(min(times) / out["matmul_bound_s"], 2),
+                "bin_size": plan.bin_size,
+                "query_block": block,
+                "compile_s": round(compile_s, 1),
+                "self_check_ok": bool(all(bool(r[2]) for r in res)),
+            }
+            if reference is None:
+                reference = (ids, sims)
+            else:
+                row["same_rows_as_" + methods[0]] = round(float((ids == reference[0]).mean()), 6)
+                row["max_abs_cos_diff"] = float(np.abs(sims - reference[1]).max())
+            out["methods"][spec] = row
+            del rows, stage1, blocks, res
+        except Exception as err:  # one method's failure must not lose the others
+            out["methods"][spec] = {"error": f"{type(err).__name__}: {str(err)[:400]}"}
+    # The user path: AcceleratorIndex built from host rows, searched from host queries.
+    if a.user_path:
+        try:
+            host_index = np.asarray(index, np.float32)
+            host_queries = np.asarray(queries, np.float32)
+            with gpu_lock(exclusive=False):
+                t = time.perf_counter()
+                searcher = acc.AcceleratorIndex(host_index, num_neighbors=k, dtype="bfloat16")
+                build_s = time.perf_counter() - t
+                searcher.search(host_queries[:256], k)
+            with gpu_lock(exclusive=True):
+                t = time.perf_counter()
+                searcher.search(host_queries, k)
+                search_s = time.perf_counter() - t
+            out["user_path"] = {
+                "method": searcher.method,
+                "build_s": round(build_s, 2),
+                "search_s": round(search_s, 3),
+            }
+        except Exception as err:
+            out["user_path"] = {"error": f"{type(err).__name__}: {str(err)[:400]}"}
+    return out
+
+
+def job_search_torch(a) -> dict:
+    """PyTorch's matmul + topk in blocks of 8,192 queries, and its bf16 matmul
+    rate on a square 8,192 product (the practical ceiling)."""
+    import torch
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    g = torch.Generator(device=dev).manual_seed(0)
+
+    def clustered(n, seed):
+        g.manual_seed(seed)
+        centres = torch.randn(a.clusters, a.dim, device=dev, generator=g)
+        labels = torch.randint(0, a.clusters, (n,), device=dev, generator=g)
+        out = torch.empty(n, a.dim, device=dev, dtype=torch.bfloat16)
+        for i in range(0, n, 1 << 18):
+            lab = labels[i : i + (1 << 18)]
+            x = centres[lab] + torch.randn(len(lab), a.dim, device=dev, generator=g)
+            out[i : i + len(lab)] = torch.nn.functional.normalize(x, dim=1)
+        return out
+
+    with gpu_lock(exclusive=False):
+        index, queries = clustered(a.rows, 0), clustered(a.queries, 1)
+
+    def search():
+        out = []
+        for i in range(0, a.queries, 8192):
+            out.append(torch.topk(queries[i : i + 8192] @ index.T, 5, dim=1))
+        torch.cuda.synchronize() if dev == "cuda" else None
+        return out
+
+    with gpu_lock(exclusive=False):
+        search()  # warm-up
+    with gpu_lock(exclusive=True):
+        times = []
+        for _ in range(a.repeats):
+            t = time.perf_counter()
+            search()
+            times.append(time.perf_counter() - t)
+        m = 8192 if not a.smoke else 256
+        x = torch.randn(m, m, device=dev, dtype=torch.bfloat16)
+        (x @ x).sum().item()
+        t = time.perf_counter()
+        for _ in range(10):
+            y = x @ x
+        y.sum().item()
+        rate = 10 * 2 * m**3 / (time.perf_counter() - t)
+    return {
+        "dim": a.dim,
+        "search_s": round(min(times), 4),
+        "matmul_tflops": round(rate / 1e12, 1),
+        "torch": torch.__version__,
+    }
+
+
+# ---------------------------------------------------------------- driver
+
+JOBS = {
+    "train_ours": job_train_ours,
+    "train_timm": job_train_timm,
+    "search": job_search,
+    "search_torch": job_search_torch,
+}
+
+
+def plan_jobs(smoke: bool) -> list[tuple[str, int, list[str]]]:
+    """(row name, wave, job arguments) of every row. The jobs of a wave start
+    together (the longest compiles first) and the next wave when they are done:
+    train steps, then our searches, then PyTorch's, so that no two waves hold
+    the device's memory at once."""
+    if smoke:
+        train = [("efficientnet_b0_shallow", 32, 4)]
+        searches = [("64", "8192", "512", "64")]
+        steps = ["--steps", "3", "--warmup", "1"]
+    else:
+        train = [("efficientnet_b5", 456, 32), ("efficientnet_b0", 224, 128)]
+        searches = [
+            ("512", "1580470", "117577", "81313"),
+            ("3072", "1580470", "117577", "81313"),
+        ]
+        steps = ["--steps", "20", "--warmup", "5"]
+    jobs = []
+    for model, size, batch in train:
+        common = ["--model", model, "--size", str(size), "--batch", str(batch), *steps]
+        if smoke:  # every job and flag once, in as few compiles as possible
+            flags = ["--bn", "fused_one_pass", "--augment"]
+            jobs.append((f"train_step {model} {size}px ours", 1, ["train_ours", *common, *flags]))
+            jobs.append((f"train_step {model} {size}px timm", 1, ["train_timm", *common]))
+            continue
+        jobs.append((f"train_step {model} {size}px ours", 1, ["train_ours", *common]))
+        for bn in ("fused", "fused_one_pass"):
+            jobs.append(
+                (f"variant {model} {size}px bn={bn}", 1, ["train_ours", *common, "--bn", bn])
+            )
+        if size <= 224:
+            jobs.append(
+                (f"variant {model} {size}px augment", 1, ["train_ours", *common, "--augment"])
+            )
+        else:  # cuDNN's runtime fusion of convolutions with their epilogues (off by default)
+            flag = ["--xla_flags=--xla_gpu_use_runtime_fusion=true"]
+            name = f"variant {model} {size}px runtime_fusion"
+            jobs.append((name, 1, ["train_ours", *common, *flag]))
+        jobs.append((f"train_step {model} {size}px timm", 1, ["train_timm", *common]))
+    methods = "onepass,binned,pallas_interpret"
+    if not smoke:
+        tiles = ("128x256x64x8x3", "64x128x64x4x4", "256x128x64x8x3", "128x128x32x4x4")
+        methods = ",".join(["onepass", "binned", "pallas", *(f"pallas@{t}" for t in tiles)])
+    for dim, rows, queries, clusters in searches:
+        shape = ["--dim", dim, "--rows", rows, "--queries", queries, "--clusters", clusters]
+        user = ["--user_path"] if dim in ("512", "64") else []
+        shape += ["--repeats", "1" if smoke else "2"]
+        jobs.append((f"search {dim}d", 2, ["search", *shape, "--methods", methods, *user]))
+        jobs.append((f"search {dim}d torch", 3, ["search_torch", *shape]))
+    return jobs
+
+
+def _start(name: str, args: list[str], a, env) -> subprocess.Popen:
+    path = os.path.join(a.out, name.replace(" ", "_") + ".log")
+    cmd = [sys.executable, os.path.abspath(__file__), "--job", *args]
+    if a.smoke:
+        cmd.append("--smoke")
+    with open(path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, env=env)
+    proc.log_path = path
+    return proc
+
+
+def _collect(name: str, proc: subprocess.Popen, deadline: float) -> dict:
+    try:
+        stdout, _ = proc.communicate(timeout=max(1.0, deadline - time.perf_counter()))
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        return {"error": "timeout (--wave_seconds)"}
+    lines = stdout.decode().strip().splitlines()
+    if proc.returncode == 0 and lines:
+        return json.loads(lines[-1])
+    with open(proc.log_path) as log:
+        last = (log.read().strip().splitlines() or [""])[-1]
+    return {"error": f"exit {proc.returncode}: {last[:300]}"}
+
+
+def run_all(a) -> int:
+    os.makedirs(a.out, exist_ok=True)
+    env = dict(os.environ)
+    # Several JAX processes share the device: none takes it all up front.
+    env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.45")
+    env["GLD_JAX_GPU_LOCK"] = os.path.join(a.out, "gpu.lock")
+    t0 = time.perf_counter()
+    jobs = plan_jobs(a.smoke)
+    budgets = [float(b) for b in a.wave_seconds.split(",")]
+    failures = 0
+    with open(os.path.join(a.out, "gpu_suite.jsonl"), "w") as f:
+        for wave in sorted({w for _, w, _ in jobs}):
+            deadline = time.perf_counter() + budgets[min(wave, len(budgets)) - 1]
+            started = [(n, _start(n, args, a, env)) for n, w, args in jobs if w == wave]
+            for name, proc in started:
+                row = _collect(name, proc, deadline)
+                failures += "error" in row
+                line = json.dumps({"row": name, **row})
+                print(line, flush=True)
+                f.write(line + "\n")
+        end = {"row": "suite", "wall_s": round(time.perf_counter() - t0, 1), "failed": failures}
+        print(json.dumps(end))
+        f.write(json.dumps(end) + "\n")
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="gpu_suite_out")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes, any device")
+    p.add_argument(
+        "--wave_seconds",
+        default="300,150,80",
+        help="time limit of each wave (train steps, our searches, PyTorch's), seconds",
+    )
+    p.add_argument("--job", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    a, rest = p.parse_known_args(argv)
+    if not a.job:
+        return run_all(a)
+    name, *job_args = a.job
+    j = argparse.ArgumentParser()
+    j.add_argument("--model")
+    j.add_argument("--size", type=int)
+    j.add_argument("--batch", type=int)
+    j.add_argument("--steps", type=int, default=20)
+    j.add_argument("--warmup", type=int, default=5)
+    j.add_argument("--augment", action="store_true")
+    j.add_argument("--bn", default="flax")
+    j.add_argument("--xla_flags", default="")
+    j.add_argument("--dim", type=int)
+    j.add_argument("--rows", type=int)
+    j.add_argument("--queries", type=int)
+    j.add_argument("--clusters", type=int)
+    j.add_argument("--methods", default="onepass")
+    j.add_argument("--repeats", type=int, default=3)
+    j.add_argument("--user_path", action="store_true")
+    j.add_argument("--smoke", action="store_true")
+    ja = j.parse_args(job_args)
+    print(json.dumps(JOBS[name](ja)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
