@@ -5,12 +5,11 @@ and PyTorch. Run by scripts/bench/gpu_suite.sh; prints one JSON line per row.
     python scripts/bench/gpu_suite.py --out DIR            # on a GPU machine
     python scripts/bench/gpu_suite.py --smoke --out DIR    # any machine, tiny sizes
 
-Each row is a job in its own process, so the jobs compile at once on the host's
-cores; their timed phases never overlap: a job holds a shared lock while it
-compiles and warms up and an exclusive one while it is timed (`gpu_lock`).
-XLA's autotuning runs kernels during compilation, so compiles also wait for
-timings. A job that fails or outlives its wave's time gives a row with its error;
-the others still run.
+Each row is a job in its own process, so the jobs of a wave compile at once on
+the host's cores. Then, once all of them have compiled and warmed up (XLA's
+autotuning runs kernels on the device while it compiles), the driver lets
+them run their timed parts one at a time (`timed_phase`). A job that fails
+or is not ready in time gives a row with its error; the others still run.
 
 Rows (`bench` field):
 - `train_step`: ours (bfloat16, the trainer's jitted step: backbone + GeM + neck
@@ -33,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import json
 import os
 import subprocess
@@ -42,21 +40,32 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-LOCK = os.environ.get("GLD_JAX_GPU_LOCK", "/tmp/gld_jax_gpu.lock")
 # Vendor figure for the H200 SXM: dense bfloat16 989 TFLOP/s, HBM3e 4.8 TB/s.
 PEAK_FLOPS = float(os.environ.get("GLD_JAX_PEAK_FLOPS", 989e12))
 HBM_BYTES_PER_S = float(os.environ.get("GLD_JAX_HBM_BYTES_PER_S", 4.8e12))
 
 
 @contextlib.contextmanager
-def gpu_lock(exclusive: bool):
-    """Shared while compiling and warming up, exclusive while timing."""
-    with open(LOCK, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+def timed_phase():
+    """The job's timed part: it waits until the driver says go (every job of
+    the wave has compiled and warmed up, and no other job is timing), and
+    tells the driver when it is done. Outside the driver it just runs."""
+    folder, name = os.environ.get("GLD_JAX_SUITE_DIR"), os.environ.get("GLD_JAX_SUITE_JOB")
+    if not folder:
+        yield
+        return
+    _touch(os.path.join(folder, name + ".ready"))
+    while not os.path.exists(os.path.join(folder, name + ".go")):
+        time.sleep(0.05)
+    try:
+        yield
+    finally:
+        _touch(os.path.join(folder, name + ".done"))
+
+
+def _touch(path: str) -> None:
+    with open(path, "w"):
+        pass
 
 
 def _median(xs):
@@ -86,17 +95,16 @@ def job_train_ours(a) -> dict:
         dtype="bfloat16",
         remat=False,
     )
-    with gpu_lock(exclusive=False):
-        step, state, batch, margins = build_ours(args, augment=a.augment)
-        t = time.perf_counter()
-        compiled = step.lower(state, batch, margins).compile()
-        compile_s = time.perf_counter() - t
-        cost = compiled.cost_analysis()
-        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-        for _ in range(a.warmup):
-            state, metrics = compiled(state, batch, margins)
-        jax.block_until_ready(metrics)
-    with gpu_lock(exclusive=True):
+    step, state, batch, margins = build_ours(args, augment=a.augment)
+    t = time.perf_counter()
+    compiled = step.lower(state, batch, margins).compile()
+    compile_s = time.perf_counter() - t
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    for _ in range(a.warmup):
+        state, metrics = compiled(state, batch, margins)
+    jax.block_until_ready(metrics)
+    with timed_phase():
         times = []
         for _ in range(a.steps):
             t = time.perf_counter()
@@ -133,22 +141,21 @@ def job_train_timm(a) -> dict:
     if not torch.cuda.is_available() and not a.smoke:
         raise RuntimeError("no CUDA device for the PyTorch peer")
     out, steps = {}, {}
-    with gpu_lock(exclusive=False):  # both built and warmed (compiled) first
-        for name in ("eager", "compiled"):
-            steps[name] = timm_peer.build_step(
-                TIMM_NAMES.get(a.model, a.model),
-                image_size=a.size,
-                batch_size=a.batch,
-                num_classes=1000,
-                amp=True,
-                channels_last=True,
-                compile=name == "compiled",
-            )
-            t = time.perf_counter()
-            for _ in range(a.warmup):
-                steps[name]()
-            out[name] = {"warmup_s": round(time.perf_counter() - t, 1)}
-    with gpu_lock(exclusive=True):
+    for name in ("eager", "compiled"):  # both built and warmed (compiled) first
+        steps[name] = timm_peer.build_step(
+            TIMM_NAMES.get(a.model, a.model),
+            image_size=a.size,
+            batch_size=a.batch,
+            num_classes=1000,
+            amp=True,
+            channels_last=True,
+            compile=name == "compiled",
+        )
+        t = time.perf_counter()
+        for _ in range(a.warmup):
+            steps[name]()
+        out[name] = {"warmup_s": round(time.perf_counter() - t, 1)}
+    with timed_phase():
         for name, step in steps.items():
             times = []
             for _ in range(a.steps):
@@ -208,100 +215,90 @@ def job_search(a) -> dict:
         "methods": {},
     }
     key = jax.random.key(0)
-    with gpu_lock(exclusive=False):
-        index = _clustered(key, n, dim, a.clusters, jnp.bfloat16)
-        queries = _clustered(jax.random.fold_in(key, 1), nq, dim, a.clusters, jnp.bfloat16)
-    reference = None
-    methods = a.methods.split(",")
-    for spec in methods:
+    index = _clustered(key, n, dim, a.clusters, jnp.bfloat16)
+    queries = _clustered(jax.random.fold_in(key, 1), nq, dim, a.clusters, jnp.bfloat16)
+    # One padded copy of the rows serves every method (whole bins and tiles).
+    per_device = -(-n // acc.PARTIAL_MULTIPLE) * acc.PARTIAL_MULTIPLE
+    rows = jnp.zeros((per_device, dim), jnp.bfloat16).at[:n].set(index)
+    rows = jax.device_put(rows, NamedSharding(mesh, P(acc.ROWS_AXIS, None)))
+    host_index = np.asarray(index, np.float32) if a.user_path else None
+    del index
+    runs = {}
+    for spec in a.methods.split(","):
         # "pallas@BQxBNxBKxWARPSxSTAGES": the kernel with other tiles.
         method, _, tiles = spec.partition("@")
-        if tiles:
+        try:
             from gld_jax.retrieval import pallas_bin_max
 
-            pallas_bin_max.DEFAULT_TILES = pallas_bin_max.KernelTiles(
-                *(int(t) for t in tiles.split("x"))
+            pallas_bin_max.DEFAULT_TILES = (
+                pallas_bin_max.KernelTiles(*(int(t) for t in tiles.split("x")))
+                if tiles
+                else pallas_bin_max.KernelTiles()
             )
-        try:
-            with gpu_lock(exclusive=False):
-                plan = acc.plan_search(
-                    n, dim, devices=1, dtype="bfloat16", k=k, memory_bytes=memory, method=method
-                )
-                rows = jnp.zeros((plan.rows_per_device, dim), jnp.bfloat16).at[:n].set(index)
-                stage1 = rows
-                order = acc.stage1_order(method, plan.rows_per_device, plan.bin_size)
-                if order is not None:
-                    stage1 = rows[jnp.asarray(order)]
-                rows, stage1 = (
-                    jax.device_put(x, NamedSharding(mesh, P(acc.ROWS_AXIS, None)))
-                    for x in (rows, stage1)
-                )
-                program = acc.program_for(plan, mesh, k=k, valid_rows=n, dtype="bfloat16")
-                block = plan.query_block
-                padded = (
-                    jnp.zeros((-(-nq // block) * block, dim), jnp.bfloat16).at[:nq].set(queries)
-                )
-                blocks = [padded[i : i + block] for i in range(0, padded.shape[0], block)]
-                t = time.perf_counter()
-                jax.block_until_ready(program(blocks[0], stage1, rows))
-                compile_s = time.perf_counter() - t
-
-            def run(program=program, blocks=blocks, stage1=stage1, rows=rows):
-                res = [program(b, stage1, rows) for b in blocks]
-                jax.block_until_ready(res)
-                return res
-
-            with gpu_lock(exclusive=True):
+            plan = acc.plan_search(
+                n, dim, devices=1, dtype="bfloat16", k=k, memory_bytes=memory, method=method
+            )
+            program = acc.program_for(plan, mesh, k=k, valid_rows=n, dtype="bfloat16")
+            block = plan.query_block
+            padded = jnp.zeros((-(-nq // block) * block, dim), jnp.bfloat16).at[:nq].set(queries)
+            blocks = [padded[i : i + block] for i in range(0, padded.shape[0], block)]
+            t = time.perf_counter()
+            jax.block_until_ready(program(blocks[0], rows, rows))
+            info = {"bin_size": plan.bin_size, "query_block": block}
+            info["compile_s"] = round(time.perf_counter() - t, 1)
+            runs[spec] = (program, blocks, info)
+        except Exception as err:  # one method's failure must not lose the others
+            out["methods"][spec] = {"error": f"{type(err).__name__}: {str(err)[:400]}"}
+    searcher = None
+    if a.user_path:  # AcceleratorIndex built from host rows, searched from host queries
+        host_queries = np.asarray(queries, np.float32)
+        t = time.perf_counter()
+        searcher = acc.AcceleratorIndex(host_index, num_neighbors=k, dtype="bfloat16")
+        build_s = time.perf_counter() - t
+        del host_index
+        searcher.search(host_queries[:256], k)
+    results = {}
+    with timed_phase():
+        for spec, (program, blocks, _info) in runs.items():
+            try:
                 times = []
                 for _ in range(a.repeats):
                     t = time.perf_counter()
-                    res = run()
+                    res = [program(b, rows, rows) for b in blocks]
+                    jax.block_until_ready(res)
                     times.append(time.perf_counter() - t)
-            ids = np.concatenate([np.asarray(r[1]) for r in res])[:nq]
-            sims = np.concatenate([np.asarray(r[0]) for r in res])[:nq]
-            row = {
-                "search_s": round(min(times), 4),
-                "over_bound": round(min(times) / out["matmul_bound_s"], 2),
-                "bin_size": plan.bin_size,
-                "query_block": block,
-                "compile_s": round(compile_s, 1),
-                "self_check_ok": bool(all(bool(r[2]) for r in res)),
-            }
-            if reference is None:
-                reference = (ids, sims)
-            else:
-                row["same_rows_as_" + methods[0]] = round(float((ids == reference[0]).mean()), 6)
-                row["max_abs_cos_diff"] = float(np.abs(sims - reference[1]).max())
-            out["methods"][spec] = row
-            del rows, stage1, blocks, res
-        except Exception as err:  # one method's failure must not lose the others
-            out["methods"][spec] = {"error": f"{type(err).__name__}: {str(err)[:400]}"}
-    # The user path: AcceleratorIndex built from host rows, searched from host queries.
-    if a.user_path:
-        try:
-            host_index = np.asarray(index, np.float32)
-            host_queries = np.asarray(queries, np.float32)
-            with gpu_lock(exclusive=False):
-                t = time.perf_counter()
-                searcher = acc.AcceleratorIndex(host_index, num_neighbors=k, dtype="bfloat16")
-                build_s = time.perf_counter() - t
-                searcher.search(host_queries[:256], k)
-            with gpu_lock(exclusive=True):
-                t = time.perf_counter()
-                searcher.search(host_queries, k)
-                search_s = time.perf_counter() - t
+                results[spec] = (res, min(times))
+            except Exception as err:
+                out["methods"][spec] = {"error": f"{type(err).__name__}: {str(err)[:400]}"}
+        if searcher is not None:
+            t = time.perf_counter()
+            searcher.search(host_queries, k)
             out["user_path"] = {
                 "method": searcher.method,
                 "build_s": round(build_s, 2),
-                "search_s": round(search_s, 3),
+                "search_s": round(time.perf_counter() - t, 3),
             }
-        except Exception as err:
-            out["user_path"] = {"error": f"{type(err).__name__}: {str(err)[:400]}"}
+    reference = None
+    for spec, (res, best) in results.items():
+        ids = np.concatenate([np.asarray(r[1]) for r in res])[:nq]
+        sims = np.concatenate([np.asarray(r[0]) for r in res])[:nq]
+        row = {
+            "search_s": round(best, 4),
+            "over_bound": round(best / out["matmul_bound_s"], 2),
+            **runs[spec][2],
+            "self_check_ok": bool(all(bool(r[2]) for r in res)),
+        }
+        if reference is None:
+            reference = (spec, ids, sims)
+        else:
+            row["same_rows_as_" + reference[0]] = round(float((ids == reference[1]).mean()), 6)
+            row["max_abs_cos_diff"] = float(np.abs(sims - reference[2]).max())
+        out["methods"][spec] = row
     return out
 
 
 def job_search_torch(a) -> dict:
-    """PyTorch's matmul + topk in blocks of 8,192 queries, and its bf16 matmul
+    """PyTorch's matmul + topk in blocks of --block queries, and its bf16 matmul
     rate on a square 8,192 product (the practical ceiling)."""
     import torch
 
@@ -319,19 +316,17 @@ def job_search_torch(a) -> dict:
             out[i : i + len(lab)] = torch.nn.functional.normalize(x, dim=1)
         return out
 
-    with gpu_lock(exclusive=False):
-        index, queries = clustered(a.rows, 0), clustered(a.queries, 1)
+    index, queries = clustered(a.rows, 0), clustered(a.queries, 1)
 
     def search():
         out = []
-        for i in range(0, a.queries, 8192):
-            out.append(torch.topk(queries[i : i + 8192] @ index.T, 5, dim=1))
+        for i in range(0, a.queries, a.block):
+            out.append(torch.topk(queries[i : i + a.block] @ index.T, 5, dim=1))
         torch.cuda.synchronize() if dev == "cuda" else None
         return out
 
-    with gpu_lock(exclusive=False):
-        search()  # warm-up
-    with gpu_lock(exclusive=True):
+    search()  # warm-up
+    with timed_phase():
         times = []
         for _ in range(a.repeats):
             t = time.perf_counter()
@@ -414,30 +409,58 @@ def plan_jobs(smoke: bool) -> list[tuple[str, int, list[str]]]:
     return jobs
 
 
+def _slug(name: str) -> str:
+    return name.replace(" ", "_")
+
+
 def _start(name: str, args: list[str], a, env) -> subprocess.Popen:
-    path = os.path.join(a.out, name.replace(" ", "_") + ".log")
+    path = os.path.join(a.out, _slug(name) + ".log")
     cmd = [sys.executable, os.path.abspath(__file__), "--job", *args]
     if a.smoke:
         cmd.append("--smoke")
     with open(path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, env=env)
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=log, env={**env, "GLD_JAX_SUITE_JOB": _slug(name)}
+        )
     proc.log_path = path
     return proc
 
 
-def _collect(name: str, proc: subprocess.Popen, deadline: float) -> dict:
-    try:
-        stdout, _ = proc.communicate(timeout=max(1.0, deadline - time.perf_counter()))
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        return {"error": "timeout (--wave_seconds)"}
-    lines = stdout.decode().strip().splitlines()
-    if proc.returncode == 0 and lines:
-        return json.loads(lines[-1])
-    with open(proc.log_path) as log:
-        last = (log.read().strip().splitlines() or [""])[-1]
-    return {"error": f"exit {proc.returncode}: {last[:300]}"}
+def _run_wave(started, a, deadline: float) -> list[tuple[str, dict]]:
+    """Waits until every job is ready to be timed (or gone, or the deadline),
+    lets them time one at a time, and collects their rows."""
+
+    def flag(name, what):
+        return os.path.exists(os.path.join(a.out, f"{_slug(name)}.{what}"))
+
+    while time.perf_counter() < deadline and not all(
+        flag(n, "ready") or p.poll() is not None for n, p in started
+    ):
+        time.sleep(0.2)
+    for name, proc in started:
+        if not flag(name, "ready") or proc.poll() is not None:
+            continue
+        _touch(os.path.join(a.out, f"{_slug(name)}.go"))
+        while proc.poll() is None and not flag(name, "done") and time.perf_counter() < deadline:
+            time.sleep(0.05)
+    rows = []
+    for name, proc in started:
+        try:
+            stdout, _ = proc.communicate(timeout=max(1.0, deadline - time.perf_counter()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            stage = "timing" if flag(name, "ready") else "compiling"
+            rows.append((name, {"error": f"not done in time (--wave_seconds), {stage}"}))
+            continue
+        lines = stdout.decode().strip().splitlines()
+        if proc.returncode == 0 and lines:
+            rows.append((name, json.loads(lines[-1])))
+            continue
+        with open(proc.log_path) as log:
+            last = (log.read().strip().splitlines() or [""])[-1]
+        rows.append((name, {"error": f"exit {proc.returncode}: {last[:300]}"}))
+    return rows
 
 
 def run_all(a) -> int:
@@ -446,17 +469,18 @@ def run_all(a) -> int:
     # Several JAX processes share the device: none takes it all up front.
     env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.45")
-    env["GLD_JAX_GPU_LOCK"] = os.path.join(a.out, "gpu.lock")
+    env["GLD_JAX_SUITE_DIR"] = a.out
     t0 = time.perf_counter()
-    jobs = plan_jobs(a.smoke)
+    jobs = [j for j in plan_jobs(a.smoke) if not a.only or j[0] in a.only]
+    if a.one_wave:
+        jobs = [(n, 1, args) for n, _, args in jobs]
     budgets = [float(b) for b in a.wave_seconds.split(",")]
     failures = 0
     with open(os.path.join(a.out, "gpu_suite.jsonl"), "w") as f:
         for wave in sorted({w for _, w, _ in jobs}):
             deadline = time.perf_counter() + budgets[min(wave, len(budgets)) - 1]
             started = [(n, _start(n, args, a, env)) for n, w, args in jobs if w == wave]
-            for name, proc in started:
-                row = _collect(name, proc, deadline)
+            for name, row in _run_wave(started, a, deadline):
                 failures += "error" in row
                 line = json.dumps({"row": name, **row})
                 print(line, flush=True)
@@ -471,6 +495,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="gpu_suite_out")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, any device")
+    p.add_argument("--only", nargs="*", help="run only the rows of these names")
+    p.add_argument("--one_wave", action="store_true", help="start every row at once")
     p.add_argument(
         "--wave_seconds",
         default="300,150,80",
@@ -497,6 +523,7 @@ def main(argv=None) -> int:
     j.add_argument("--methods", default="onepass")
     j.add_argument("--repeats", type=int, default=3)
     j.add_argument("--user_path", action="store_true")
+    j.add_argument("--block", type=int, default=8192, help="search_torch: queries per matmul")
     j.add_argument("--smoke", action="store_true")
     ja = j.parse_args(job_args)
     print(json.dumps(JOBS[name](ja)))
