@@ -402,9 +402,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from gld_jax.embed_photos import embed_photos
     from gld_jax.retrieval.evaluate import evaluate_retrieval
     from gld_jax.trained_run import find_runs, open_run
+    from gld_jax.utils.compile_cache import enable_compilation_cache
 
     try:
         found, weights, ens = find_runs(args)
+        # The run's own compiled embedding step, when its cache holds it (local runs).
+        enable_compilation_cache(found[0].workdir)
         search = None
         if not args.embed_only:  # before the models: a missing index is one line at once
             search = _ensemble_search(ens, found, args) if ens else _run_search(found[0], args)

@@ -58,6 +58,7 @@ class TrainedRun:
     image_size: int
     label_set: str
     manifest: manifest_lib.Manifest
+    _embedder: object = dataclasses.field(default=None, init=False, repr=False)
 
     @property
     def workdir(self) -> str:
@@ -87,15 +88,18 @@ class TrainedRun:
         )
 
     def embedder(self):
-        """The run's jitted embedding step with the head's top `eval.head_top_k`."""
+        """The run's jitted embedding step with the head's top `eval.head_top_k`
+        (made once: later calls reuse its compiled step)."""
         from gld_jax.retrieval.extract import Embedder
 
-        return Embedder(
-            self.model,
-            self.mesh,
-            head_k=self.config.eval.head_top_k,
-            head_landmark_ids=self.head_landmark_ids(),
-        )
+        if self._embedder is None:
+            self._embedder = Embedder(
+                self.model,
+                self.mesh,
+                head_k=self.config.eval.head_top_k,
+                head_landmark_ids=self.head_landmark_ids(),
+            )
+        return self._embedder
 
     def preprocessor(self):
         """Photo bytes -> uint8 [S, S, 3] as the run's eval pipeline prepares them."""
