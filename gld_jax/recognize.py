@@ -119,6 +119,8 @@ def _usage_problem(args: argparse.Namespace) -> str | None:
         return "--index is searched as given: no --load_index or --save_index with it"
     if args.batch_size is not None and args.batch_size < 1:
         return "--batch_size must be >= 1"
+    if args.report_queries < 1:
+        return "--report_queries must be >= 1"
     flags = ("workdir", "config", "output", "report", "labels", "index")
     for flag in (*flags, "load_index", "save_index"):
         if problem := fs.unsupported_scheme(getattr(args, flag) or "", f"--{flag}"):
@@ -131,8 +133,8 @@ def _usage_problem(args: argparse.Namespace) -> str | None:
 
 @dataclasses.dataclass
 class _Search:
-    """How the photos are predicted: the mode and its parameters, the index, the
-    ensemble's weights and centring means, and (for a report) index image files."""
+    """How the photos are predicted: the mode and its parameters, the index (with
+    an ensemble's centring means) and, for a report, the index's image files."""
 
     mode: str
     num_neighbors: int
@@ -142,7 +144,6 @@ class _Search:
     search: dict  # build_index's search keywords (also the non-landmark index's)
     index: object  # gld_jax.retrieval.saved_index.LabelledIndex
     nonlandmark: object | None  # EmbeddingSet
-    weights: list[float]
     index_files: dict[str, str]
 
 
@@ -226,7 +227,6 @@ def _run_search(run: RunFiles, args) -> _Search:
         search=params,
         index=index,
         nonlandmark=nonlandmark,
-        weights=[1.0],
         index_files=files,
     )
 
@@ -265,7 +265,6 @@ def _ensemble_search(ens, runs: Sequence[RunFiles], args) -> _Search:
         search=params,
         index=index,
         nonlandmark=nonlandmark,
-        weights=list(ens.weights),
         index_files=files,
     )
 
@@ -411,6 +410,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         search = None
         if not args.embed_only:  # before the models: a missing index is one line at once
             search = _ensemble_search(ens, found, args) if ens else _run_search(found[0], args)
+            dim = sum(f.config.model.embedding_dim for f in found)
+            if search.index.searcher.dim != dim:
+                raise ValueError(
+                    f"the index has {search.index.searcher.dim}-d rows, the "
+                    f"{'ensemble' if ens else 'run'} embeds {dim}-d ones"
+                )
         runs = [open_run(f) for f in found]
     except user_errors() as e:
         return print_user_error(e)
