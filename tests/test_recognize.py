@@ -12,6 +12,7 @@ import csv
 import io
 import os
 import re
+import shutil
 import struct
 import zlib
 
@@ -34,8 +35,10 @@ from gld_jax.utils import fs
 def runs(tmp_path_factory):
     """<root>/a_all: the tiny set trained long enough that its neighbours are
     told apart (50 steps: top-1 cosines ~0.96, not all ~0.99999 as after 5);
-    <root>/b_all: a second, smaller-image model of the same data (another seed,
-    one 32 px stage), for the ensemble. Names as configs/ensemble.py's fold -1."""
+    <root>/b_all: a second model for the ensemble, another size and head: a run
+    of A's first stage alone (32 px, the full label set). With A's seed and data
+    that run ends in A's checkpoint after that stage, so B is that checkpoint,
+    not a second training. Names as configs/ensemble.py's for fold -1."""
     root = tmp_path_factory.mktemp("runs")
     a = tiny_config(root / "a_all" / "data")
     a.tfrecord_dir = str(root / "a_all" / "tfrecords")  # a copied config.json finds it
@@ -46,10 +49,13 @@ def runs(tmp_path_factory):
     a.log_every_steps = 10
     run_pipeline(a, str(root / "a_all"))
     b = tiny_config(a.data_dir)
-    b.seed = 1
     b.tfrecord_dir = a.tfrecord_dir
-    b.stages = [stage(image_size=32, epochs=2, batch_size=8, learning_rate=2e-3)]
-    run_pipeline(b, str(root / "b_all"))
+    b.stages = [a.stages[0]]
+    first = min(int(n) for n in os.listdir(root / "a_all" / "checkpoints") if n.isdigit())
+    shutil.copytree(
+        root / "a_all" / "checkpoints" / str(first), root / "b_all" / "checkpoints" / str(first)
+    )
+    assert run_pipeline(b, str(root / "b_all"))["steps_run"] == 0
     return root
 
 
