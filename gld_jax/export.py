@@ -31,6 +31,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -42,6 +43,9 @@ from gld_jax.utils.cli import (
     quiet_tensorflow,
     user_errors,
 )
+
+if TYPE_CHECKING:
+    from gld_jax.retrieval.descriptor import Descriptor
 
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 JAX_DIR = "jax"
@@ -71,7 +75,7 @@ def _params_npz(leaves: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
     return {f"p{i:05d}": np.asarray(x) for i, x in enumerate(leaves)}
 
 
-def write_saved_model(directory: str, desc, platforms: Sequence[str]) -> None:
+def write_saved_model(directory: str, desc: Descriptor, platforms: Sequence[str]) -> None:
     """The SavedModel of `desc` (gld_jax.retrieval.descriptor.Descriptor) in `directory`."""
     import tensorflow as tf
     from jax.experimental import jax2tf
@@ -103,7 +107,7 @@ def write_saved_model(directory: str, desc, platforms: Sequence[str]) -> None:
     tf.saved_model.save(module, directory, signatures={"serving_default": serve})
 
 
-def write_jax_export(directory: str, desc, platforms: Sequence[str]) -> None:
+def write_jax_export(directory: str, desc: Descriptor, platforms: Sequence[str]) -> None:
     """`descriptor.jax` (serialized jax.export.Exported of (params, image) -> [D],
     the image's size symbolic) and `params.npz` in `directory`."""
     import jax
@@ -136,7 +140,7 @@ def load_jax_export(directory: str):
     return fn, [z[k] for k in sorted(z)]
 
 
-def _check(directory: str, desc) -> dict[str, float]:
+def _check(directory: str, desc: Descriptor) -> dict[str, float]:
     """Cosines of both artifacts' descriptors of one image to the JAX function's."""
     import jax
     import tensorflow as tf
