@@ -13,6 +13,7 @@ import os
 import jax
 import numpy as np
 
+from gld_jax.config.run_config import save_run_config
 from gld_jax.data.batches import host_batches
 from gld_jax.data.prepare import prepare_data, resolve_dirs
 from gld_jax.metrics import (
@@ -223,7 +224,7 @@ def evaluate(config, workdir: str) -> dict:
     data_dir, tfrecord_dir = resolve_dirs(config, workdir)
     solution_path = os.path.join(data_dir, SOLUTION_CSV)
     has_solution = fs.exists(solution_path)
-    nonlandmark, no_rerank = _nonlandmark_set(config, queries, solution_path, has_solution)
+    nonlandmark, no_rerank = run_nonlandmark_set(config, queries, solution_path, has_solution)
     if nonlandmark is None and config.eval.prediction in RERANK_MODES:
         raise ValueError(
             f"eval.prediction={config.eval.prediction} needs a non-landmark set: {no_rerank}"
@@ -285,7 +286,7 @@ def evaluate(config, workdir: str) -> dict:
     return out
 
 
-def _nonlandmark_set(
+def run_nonlandmark_set(
     config, queries: EmbeddingSet, solution_path: str, has_solution: bool
 ) -> tuple[EmbeddingSet | None, str]:
     """(the re-rank modes' non-landmark set, "") or (None, why there is none).
@@ -356,6 +357,9 @@ def run_pipeline(
         "backbone": config.model.backbone,
         "devices": jax.device_count(),
     }
+    if jax.process_index() == 0:
+        # What recognize and export read to rebuild this run's model from --workdir alone.
+        save_run_config(workdir, config)
     tfrecord_dir = prepare_data(config, workdir, is_main=jax.process_index() == 0)
 
     if mode in ("all", "train", "embed"):

@@ -41,6 +41,7 @@ _LONG_FILES = (
     "test_head_scoring.py",
     "test_object_storage.py",
     "test_tpu_compile.py",
+    "test_recognize.py",
 )
 
 

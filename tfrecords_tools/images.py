@@ -123,6 +123,35 @@ def _draft_scale(width: int, height: int, target: tuple[int, int] | None, max_pi
     return max(fit if target is not None else 1, within)
 
 
+@dataclass(frozen=True)
+class Converted:
+    """The converter's decision for one file, before a JPEG is written: either the
+    input bytes to keep (`kept`) or the 8-bit RGB pixels to encode (`rgb`).
+
+    `source_format` is PIL's name for the content ("JPEG", "PNG", "WEBP", ...),
+    `change` as in Encoded."""
+
+    source_format: str
+    kept: bytes | None
+    rgb: Image.Image | None
+    height: int
+    width: int
+    change: str = ""
+
+
+def convert_image(data: bytes, options: EncodeOptions = EncodeOptions()) -> Converted:
+    """Decodes, checks and converts one image file's bytes as the converter does
+    (see the module docstring), stopping short of the JPEG encoding.
+
+    A reader that needs the pixels the converter would store (a photo outside any
+    conversion) takes `rgb` directly, without the JPEG's loss.
+
+    Raises:
+      ImageError: empty, truncated, undecodable, or too large to decode.
+    """
+    return _guarded(_convert, data, options)
+
+
 def encode_image(data: bytes, options: EncodeOptions = EncodeOptions()) -> Encoded:
     """The JPEG to store for one image file's bytes (see the module docstring).
 
@@ -138,6 +167,10 @@ def encode_image(data: bytes, options: EncodeOptions = EncodeOptions()) -> Encod
     Raises:
       ImageError: empty, truncated, undecodable, or too large to decode.
     """
+    return _guarded(_encode, data, options)
+
+
+def _guarded(fn, data: bytes, options: EncodeOptions):
     if not data:
         raise ImageError("empty file")
     with warnings.catch_warnings():
@@ -146,7 +179,7 @@ def encode_image(data: bytes, options: EncodeOptions = EncodeOptions()) -> Encod
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         old_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
         try:
-            return _encode(data, options)
+            return fn(data, options)
         except ImageError:
             raise
         except Exception as e:  # PIL raises many types for corrupt data; all mean "skip"
@@ -175,7 +208,7 @@ def _decode_failure(data: bytes, err: Exception) -> str:
     return f"undecodable: corrupt image data ({message})"
 
 
-def _encode(data: bytes, options: EncodeOptions) -> Encoded:
+def _convert(data: bytes, options: EncodeOptions) -> Converted:
     changes = []
     with Image.open(io.BytesIO(data)) as im:
         width, height = im.size
@@ -202,7 +235,7 @@ def _encode(data: bytes, options: EncodeOptions) -> Encoded:
             and not changes
         )
         if keep:
-            return Encoded(data, height, width)
+            return Converted(fmt, data, None, height, width)
         if fmt != "JPEG" or im.mode != "RGB":
             changes.append(f"converted {fmt} {im.mode}")
         rgb = _to_rgb(im)
@@ -214,6 +247,18 @@ def _encode(data: bytes, options: EncodeOptions) -> Encoded:
         rgb = rgb.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
         if "resized" not in changes:
             changes.append("resized")
+    return Converted(fmt, None, rgb, rgb.size[1], rgb.size[0], "+".join(changes))
+
+
+def stored_jpeg(converted: Converted, quality: int) -> Encoded:
+    """The JPEG a record stores for a conversion: the kept bytes, or the pixels
+    encoded at `quality`."""
+    if converted.kept is not None:
+        return Encoded(converted.kept, converted.height, converted.width)
     buf = io.BytesIO()
-    rgb.save(buf, format="JPEG", quality=options.jpeg_quality)
-    return Encoded(buf.getvalue(), rgb.size[1], rgb.size[0], "+".join(changes))
+    converted.rgb.save(buf, format="JPEG", quality=quality)
+    return Encoded(buf.getvalue(), converted.height, converted.width, converted.change)
+
+
+def _encode(data: bytes, options: EncodeOptions) -> Encoded:
+    return stored_jpeg(_convert(data, options), options.jpeg_quality)

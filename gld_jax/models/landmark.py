@@ -89,10 +89,34 @@ class LandmarkModel(nnx.Module):
         self.sub_centers = sub_centers
 
     def __call__(self, images: jax.Array) -> jax.Array:
-        x = images.astype(jnp.float32)
-        x = (x - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
-        features = self.backbone(x.astype(self.compute_dtype))
-        return self.neck(self.pool(features)).astype(jnp.float32)
+        return _embed(self, images)
+
+
+def _embed(model: LandmarkModel | GlobalDescriptor, images: jax.Array) -> jax.Array:
+    """uint8 [N, H, W, 3] -> float32 [N, D]: normalise, backbone, GeM, neck."""
+    x = images.astype(jnp.float32)
+    x = (x - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
+    features = model.backbone(x.astype(model.compute_dtype))
+    return model.neck(model.pool(features)).astype(jnp.float32)
+
+
+class GlobalDescriptor(nnx.Module):
+    """A landmark model without its head: images `[N, H, W, 3]` uint8 -> L2-normalised
+    embeddings `[N, D]` float32 (the eval step's, `retrieval.extract.embed_fn`).
+
+    It shares the model's backbone, pool and neck, so splitting it gives their
+    state only: an exported descriptor does not carry a 200k-class head (1.2 GB
+    at GLDv2 size) that it never reads.
+    """
+
+    def __init__(self, model: LandmarkModel):
+        self.backbone, self.pool, self.neck = model.backbone, model.pool, model.neck
+        self.compute_dtype = model.compute_dtype
+        self.embedding_dim = model.embedding_dim
+
+    def __call__(self, images: jax.Array) -> jax.Array:
+        emb = _embed(self, images)
+        return emb / jnp.maximum(jnp.linalg.norm(emb, axis=-1, keepdims=True), 1e-12)
 
 
 def set_batch_norm_momentum(module: nnx.Module, momentum: float) -> None:

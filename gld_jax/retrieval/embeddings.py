@@ -60,13 +60,21 @@ class EmbeddingSet:
         )
 
 
-def save_embeddings(path: str, emb: EmbeddingSet, *, dtype=np.float32) -> None:
+def save_embeddings(
+    path: str, emb: EmbeddingSet, *, dtype=np.float32, paths: np.ndarray | None = None
+) -> None:
     """Writes atomically (temp file + rename) so a crash leaves no half file.
-    `path` may be local or remote (gs://...)."""
+    `path` may be local or remote (gs://...). `paths` ``[N]`` str, the image
+    files of a set embedded from files, is stored beside (read with
+    :func:`embedded_paths`; :func:`load_embeddings` ignores it)."""
     fs.makedirs(fs.parent(path))
-    head = {}
+    extra = {}
+    if paths is not None:
+        if len(paths) != len(emb):
+            raise ValueError(f"{len(paths)} paths for {len(emb)} rows")
+        extra["paths"] = np.asarray(paths, dtype=str)
     if emb.has_head:
-        head = dict(
+        extra.update(
             head_labels=np.asarray(emb.head_labels, np.int64),
             head_scores=np.asarray(emb.head_scores, np.float32),
         )
@@ -75,8 +83,18 @@ def save_embeddings(path: str, emb: EmbeddingSet, *, dtype=np.float32) -> None:
         ids=np.asarray(emb.ids, dtype=str),
         embeddings=np.asarray(emb.embeddings, dtype=dtype),
         labels=np.asarray(emb.labels, dtype=np.int64),
-        **head,
+        **extra,
     )
+
+
+def embedded_paths(path: str) -> dict[str, str]:
+    """{id: image file} of a set file saved with `paths` ({} for any other set)."""
+    if fs.isdir(path) or not fs.exists(path):
+        return {}
+    z = fs.load_npz(path)
+    if "paths" not in z:
+        return {}
+    return dict(zip(z["ids"].tolist(), z["paths"].tolist(), strict=True))
 
 
 SHARD_SET = "shards.json"  # {"num_shards": P}: the folder is one set of P per-process shards

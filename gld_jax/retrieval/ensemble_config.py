@@ -34,47 +34,53 @@ KEYS = (
 )
 
 
-def split_config_args(argv: Sequence[str]) -> tuple[str | None, dict[str, str], list[str]]:
-    """(config path, {key: raw value} overrides, the remaining args)."""
+def split_config_args(
+    argv: Sequence[str], flag: str = "--config"
+) -> tuple[str | None, dict[str, str], list[str]]:
+    """(config path, {key: raw value} overrides, the remaining args) of `flag FILE`
+    and `flag.KEY=VALUE` arguments."""
     path, overrides, rest = None, {}, []
     args = list(argv)
     i = 0
     while i < len(args):
         arg = args[i]
-        if arg == "--config" and i + 1 < len(args):
+        if arg == flag and i + 1 < len(args):
             path, i = args[i + 1], i + 2
             continue
-        if arg.startswith("--config="):
+        if arg.startswith(f"{flag}="):
             path = arg.split("=", 1)[1]
-        elif arg.startswith("--config."):
-            key, sep, value = arg[len("--config.") :].partition("=")
+        elif arg.startswith(f"{flag}."):
+            key, sep, value = arg[len(flag) + 1 :].partition("=")
             if not sep:
                 if i + 1 >= len(args):
-                    raise ValueError(f"{arg} needs a value (--config.{key}=VALUE)")
+                    raise ValueError(f"{arg} needs a value ({flag}.{key}=VALUE)")
                 value, i = args[i + 1], i + 1
             overrides[key] = value
         else:
             rest.append(arg)
         i += 1
     if overrides and path is None:
-        raise ValueError("--config.KEY=VALUE needs --config FILE")
+        raise ValueError(f"{flag}.KEY=VALUE needs {flag} FILE")
     return path, overrides, rest
 
 
-def load_ensemble_config(path: str, overrides: dict[str, str]) -> ml_collections.ConfigDict:
-    """Loads `path`'s get_config() and applies overrides, typed like the defaults."""
+def load_ensemble_config(
+    path: str, overrides: dict[str, str], flag: str = "--config"
+) -> ml_collections.ConfigDict:
+    """Loads `path`'s get_config() and applies overrides, typed like the defaults;
+    errors name `flag`, the command-line flag the file came from."""
     if not os.path.isfile(path):
-        raise ValueError(f"--config {path!r}: no such file")
+        raise ValueError(f"{flag} {path!r}: no such file")
     spec = importlib.util.spec_from_file_location("ensemble_config", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     config = module.get_config()
     unknown = sorted(set(config.keys()) - set(KEYS))
     if unknown:
-        raise ValueError(f"--config {path}: unknown keys {unknown}; known: {list(KEYS)}")
+        raise ValueError(f"{flag} {path}: unknown keys {unknown}; known: {list(KEYS)}")
     for key, raw in overrides.items():
         if key not in config:
-            raise ValueError(f"--config.{key}: unknown key; known: {', '.join(KEYS)}")
+            raise ValueError(f"{flag}.{key}: unknown key; known: {', '.join(KEYS)}")
         default = config[key]
         if isinstance(default, str):
             value = raw
@@ -82,13 +88,13 @@ def load_ensemble_config(path: str, overrides: dict[str, str]) -> ml_collections
             try:
                 value = ast.literal_eval(raw)
             except (ValueError, SyntaxError):
-                raise ValueError(f"--config.{key}={raw}: not a {type(default).__name__}") from None
+                raise ValueError(f"{flag}.{key}={raw}: not a {type(default).__name__}") from None
         if isinstance(default, (list, tuple)) and isinstance(value, (list, tuple)):
             value = list(value)
         elif type(value) is not type(default) and not (
             isinstance(default, float) and isinstance(value, int)
         ):
-            raise ValueError(f"--config.{key}={raw}: expected a {type(default).__name__}")
+            raise ValueError(f"{flag}.{key}={raw}: expected a {type(default).__name__}")
         config[key] = value
     if len(config.weights) != len(config.runs):
         raise ValueError(f"{len(config.weights)} weights for {len(config.runs)} runs")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -34,7 +33,6 @@ from gld_jax.retrieval.ensemble_config import (
     split_config_args,
 )
 from gld_jax.retrieval.evaluation import Evaluation, gap_scores
-from gld_jax.retrieval.index import load_index
 from gld_jax.retrieval.predict import (
     predict_blend,
     predict_head,
@@ -46,6 +44,7 @@ from gld_jax.retrieval.rerank import (
     predict_nonlandmark_rerank,
     rescored_neighbors,
 )
+from gld_jax.retrieval.saved_index import load_labelled_index, save_labelled_index
 from gld_jax.retrieval.searchers import Searcher, build_index
 from gld_jax.retrieval.submission import write_submission
 from gld_jax.utils import fs
@@ -59,8 +58,6 @@ __all__ = ["Evaluation", "build_labelled_index", "evaluate_retrieval", "load_ens
 MODES = ("top1", "knn_vote", "nonlandmark_rerank", "head", "blend", "blend_rerank")
 HEAD_MODES = ("head", "blend", "blend_rerank")  # need the queries' head top-k lists
 RERANK_MODES = ("nonlandmark_rerank", "blend_rerank")  # need a non-landmark set
-_ROWS = "rows.npz"  # ids and labels of a saved index's rows
-_MEANS = "means.npz"  # per-model centring means of a saved index (--center)
 
 
 def load_ensemble(
@@ -70,10 +67,6 @@ def load_ensemble(
 ) -> EmbeddingSet:
     """Loads one embedding set per model and combines them (see ensemble.py)."""
     return combine_embedding_sets([load_embeddings(p) for p in paths], weights, means)
-
-
-def _save_rows(directory: str, emb: EmbeddingSet) -> None:
-    fs.save_npz(os.path.join(directory, _ROWS), ids=emb.ids.astype(str), labels=emb.labels)
 
 
 def build_labelled_index(
@@ -340,17 +333,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         _check_args(args)
         means = None
-        index = None
+        index = saved = None
+        search = {k: getattr(args, k) for k in SEARCH_KEYS}
         if args.load_index:
-            means_path = os.path.join(args.load_index, _MEANS)
-            if args.center != fs.exists(means_path):
+            saved = load_labelled_index(
+                args.load_index,
+                num_neighbors=args.num_neighbors,
+                leaves_to_search=args.leaves_to_search,
+                reorder=args.reorder,
+                **search,
+            )
+            if args.center != (saved.means is not None):
                 how = "without" if args.center else "with"
                 raise ValueError(
                     f"{args.load_index} was saved {how} --center; search it {how} --center too"
                 )
-            if args.center:
-                z = fs.load_npz(means_path)
-                means = [z[f"m{i}"] for i in range(len(z))]
+            means = saved.means
         else:
             index_sets = [load_embeddings(p) for p in args.index]
             if args.center:
@@ -375,19 +373,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             nonlandmark=nonlandmark,
             nonlandmark_neighbors=args.nonlandmark_neighbors,
         )
-        search = {k: getattr(args, k) for k in SEARCH_KEYS}
         common["index_params"] = search  # the non-landmark index's search
         timings = {}
-        if args.load_index:
-            searcher = load_index(
-                args.load_index, leaves_to_search=args.leaves_to_search, reorder=args.reorder
-            )
-            if args.search != "scann":  # the saved rows, searched the asked way
-                searcher = build_index(
-                    searcher.embeddings, num_neighbors=args.num_neighbors, **search
-                )
-            z = fs.load_npz(os.path.join(args.load_index, _ROWS))
-            ids, labels = z["ids"], z["labels"]
+        if saved is not None:
+            searcher, ids, labels = saved.searcher, saved.ids, saved.labels
         else:
             t0 = time.perf_counter()
             searcher, labelled = build_labelled_index(
@@ -400,13 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             timings["build_s"] = round(time.perf_counter() - t0, 3)
             ids, labels = labelled.ids, labelled.labels
             if args.save_index:
-                searcher.save(args.save_index)
-                _save_rows(args.save_index, labelled)
-                if means is not None:
-                    fs.save_npz(
-                        os.path.join(args.save_index, _MEANS),
-                        **{f"m{i}": m for i, m in enumerate(means)},
-                    )
+                save_labelled_index(args.save_index, searcher, labelled, means)
         ev = evaluate_retrieval(
             queries, searcher=searcher, index_ids=ids, index_labels=labels, **common
         )

@@ -112,6 +112,29 @@ class Embedder:
                 stats_sharding=s_sh,
             )
 
+    def embed_batch(
+        self, images: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """One batch through the compiled step.
+
+        Args:
+          images: uint8 ``[B, S, S, 3]``, this process's rows; B a multiple of
+            its device count.
+
+        Returns:
+          ``(embeddings [B, D] float32 L2-normalised, head landmark ids [B, k]
+          int64, head cosines [B, k] float32)``; the head lists are None without
+          ``head_k``.
+        """
+        sharding = mesh_lib.batch_sharding(self._mesh)
+        out = self._step(
+            self._params, self._stats, jax.make_array_from_process_local_data(sharding, images)
+        )
+        if self._head_k > 0:
+            emb, scores, classes = (process_local_rows(x) for x in out)
+            return emb, self._landmark_ids[classes], scores
+        return process_local_rows(out), None, None
+
     def __call__(
         self, dataset, *, total: int | None = None, desc: str = "embed"
     ) -> tuple[EmbeddingSet, dict[str, np.ndarray]]:
@@ -121,19 +144,14 @@ class Embedder:
         Returns:
           (EmbeddingSet with labels = landmark ids, {other batch key: [N] values}).
         """
-        sharding = mesh_lib.batch_sharding(self._mesh)
         rows: dict[str, list[np.ndarray]] = {}
         bar = progress_bar(total=total, desc=desc, unit="img", enabled=jax.process_index() == 0)
         for batch in dataset.as_numpy_iterator():
-            images = jax.make_array_from_process_local_data(sharding, batch["image"])
-            out = self._step(self._params, self._stats, images)
+            emb, head_labels, head_scores = self.embed_batch(batch["image"])
             keep = batch["mask"].astype(bool)
-            if self._head_k > 0:
-                emb, scores, classes = (process_local_rows(x) for x in out)
-                rows.setdefault("head_scores", []).append(scores[keep])
-                rows.setdefault("head_labels", []).append(self._landmark_ids[classes[keep]])
-            else:
-                emb = process_local_rows(out)
+            if head_labels is not None:
+                rows.setdefault("head_scores", []).append(head_scores[keep])
+                rows.setdefault("head_labels", []).append(head_labels[keep])
             rows.setdefault("embeddings", []).append(emb[keep])
             for key, value in batch.items():
                 if key not in ("image", "mask"):

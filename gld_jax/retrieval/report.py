@@ -6,8 +6,12 @@ the GAP lines, precision among the first r predictions (ranked by confidence),
 the confidence histogram of correct / wrong (landmark query) / non-landmark
 query predictions, and a grid of test images each followed by its top-5
 retrieved index images, framed green when their landmark is right and red when
-wrong. Images are read from the run's TFRecords (TensorFlow, lazily); charts
-are drawn with Pillow, so the report needs nothing beyond the runtime set.
+wrong. Images are read from the run's TFRecords (TensorFlow, lazily) or, for
+photos that were never converted, handed over by id; charts are drawn with
+Pillow, so the report needs nothing beyond the runtime set. For photos whose
+landmark is unknown (`truth=False`, python -m gld_jax.recognize --report) the
+page has no GAP or precision chart, and a retrieved image is framed blue when
+its landmark is the predicted one.
 """
 
 from __future__ import annotations
@@ -148,31 +152,41 @@ def write_report(
     out_dir: str,
     ev,
     *,
-    tfrecord_dir: str,
+    tfrecord_dir: str | None,
     solution_path: str | None = None,
     num_queries: int = 24,
     top: int = 5,
     title: str = "",
+    images: Mapping[str, bytes] | None = None,
+    truth: bool = True,
 ) -> str:
     """Writes the report; returns the path of ``index.html``.
 
     Args:
       out_dir: folder (created).
       ev: a :class:`gld_jax.retrieval.evaluation.Evaluation`.
-      tfrecord_dir: TFRecords holding the query and index images.
+      tfrecord_dir: TFRecords holding the query and index images (None: only `images`).
       solution_path: solution CSV (truth and GAP); without it the query
         embeddings' labels are the truth (-1 = non-landmark).
       num_queries: rows of the image grid.
       top: retrieved images per row (at most the search's k).
+      images: encoded images (any format PIL reads) by id, taken before the
+        TFRecords: photos that were never converted.
+      truth: False when the queries' landmarks are unknown (photos being
+        recognised): no GAP or precision, and a retrieved image is framed blue
+        when its landmark is the predicted one, grey otherwise.
     """
     from gld_jax.retrieval.evaluation import gap_scores
 
     fs.makedirs(os.path.join(out_dir, "images"))
     qids = ev.query_ids.tolist()
-    if solution_path:
+    if not truth:
+        sol: Mapping[str, Collection[int]] = {}
+        scores = {}
+    elif solution_path:
         from gld_jax.metrics import read_solution
 
-        sol: Mapping[str, Collection[int]] = read_solution(solution_path)
+        sol = read_solution(solution_path)
         scores = gap_scores(ev, solution_path)
     else:
         sol = {
@@ -180,7 +194,7 @@ def write_report(
             for i, lab in zip(qids, ev.query_labels, strict=True)
         }
         scores = {}
-    scored = np.array([i in sol for i in qids])
+    scored = np.array([i in sol for i in qids]) if truth else np.ones(len(qids), bool)
     landmark = np.array([bool(sol.get(i)) for i in qids])
     predicted = ev.labels >= 0
     right = (
@@ -190,24 +204,27 @@ def write_report(
 
     use = scored & predicted
     order = np.flatnonzero(use)[np.lexsort((np.array(qids)[use], -ev.confidences[use]))]
-    _precision_chart(right[order].astype(float), os.path.join(out_dir, "precision_vs_rank.png"))
-    groups = {
-        "correct": ev.confidences[use & right],
-        "wrong": ev.confidences[use & landmark & ~right],
-        "non-landmark": ev.confidences[use & ~landmark],
-    }
-    _histogram_chart(
-        groups,
-        {"correct": GREEN, "wrong": RED, "non-landmark": GREY},
-        os.path.join(out_dir, "confidence_histogram.png"),
-    )
+    if truth:
+        _precision_chart(right[order].astype(float), os.path.join(out_dir, "precision_vs_rank.png"))
+        groups = {
+            "correct": ev.confidences[use & right],
+            "wrong": ev.confidences[use & landmark & ~right],
+            "non-landmark": ev.confidences[use & ~landmark],
+        }
+        colours = {"correct": GREEN, "wrong": RED, "non-landmark": GREY}
+    else:
+        groups, colours = {"predictions": ev.confidences[use]}, {"predictions": BLUE}
+    _histogram_chart(groups, colours, os.path.join(out_dir, "confidence_histogram.png"))
 
     grid = _pick_grid(order, num_queries)
     top = min(top, ev.neighbor_rows.shape[1])
     need = {qids[q] for q in grid} | {
         str(ev.index_ids[r]) for q in grid for r in ev.neighbor_rows[q, :top]
     }
-    jpegs = read_images(tfrecord_dir, need)
+    images = images or {}
+    jpegs = {i: images[i] for i in need if i in images}  # a lazy mapping reads only these
+    if tfrecord_dir and need - jpegs.keys():
+        jpegs.update(read_images(tfrecord_dir, need - jpegs.keys()))
     have = {
         i for i in need if _thumbnail(jpegs.get(i), os.path.join(out_dir, "images", f"{i}.jpg"))
     }
@@ -223,21 +240,40 @@ def write_report(
 
     rows = []
     for q in grid:
-        truth = " ".join(str(t) for t in sorted(sol.get(qids[q], ()))) or "non-landmark"
+        known = " ".join(str(t) for t in sorted(sol.get(qids[q], ()))) or "non-landmark"
+        said = f"truth {known} | " if truth else ""
         cells = [
             cell(
                 qids[q],
-                f"{qids[q][:8]} truth {truth} | pred {ev.labels[q]} conf {ev.confidences[q]:.3f}",
+                f"{qids[q][:8]} {said}pred {ev.labels[q]} conf {ev.confidences[q]:.3f}",
                 None,
             )
         ]
         for r, sim in zip(ev.neighbor_rows[q, :top], ev.neighbor_sims[q, :top], strict=True):
             lab = int(ev.index_labels[r])
-            ok = lab in sol.get(qids[q], ())
-            cells.append(cell(str(ev.index_ids[r]), f"{lab} cos {sim:.3f}", GREEN if ok else RED))
+            if truth:
+                colour = GREEN if lab in sol.get(qids[q], ()) else RED
+            else:
+                colour = BLUE if lab == ev.labels[q] else GREY
+            cells.append(cell(str(ev.index_ids[r]), f"{lab} cos {sim:.3f}", colour))
         rows.append("<tr>" + "".join(cells) + "</tr>")
 
     gap_html = "".join(f"<li><b>{html.escape(k)}</b> {v:.4f}</li>" for k, v in scores.items())
+    if truth:
+        no_gap, query_kind = "no solution given: no GAP", "Test images"
+        counts = (
+            f"{int(scored.sum())} scored queries, {int(landmark.sum())} with a landmark,\n"
+            f"{int(right[scored].sum())} predicted right"
+        )
+        precision_html = (
+            '<h2>Precision vs rank</h2><img src="precision_vs_rank.png" '
+            'style="width:640px;height:360px">'
+        )
+        frames = "framed green when its landmark is one of the query's, red otherwise"
+    else:
+        no_gap, query_kind = "landmarks of the queries unknown: no GAP", "Queries"
+        counts, precision_html = f"{int(predicted.sum())} queries with a prediction", ""
+        frames = "framed blue when its landmark is the predicted one, grey otherwise"
     page = f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>gld-jax retrieval report</title>
 <style>
@@ -251,15 +287,14 @@ img {{ width: {_THUMB}px; height: {_THUMB * 3 // 4}px; object-fit: cover; }}
   {{ if (im[i].complete && im[i].naturalWidth > 0) ok++; }}
   document.getElementById('img-status').textContent = 'images loaded: ' + ok + '/' + im.length;">
 <h1>Retrieval report {html.escape(title)}</h1>
-<ul>{gap_html or "<li>no solution given: no GAP</li>"}
-<li>{int(scored.sum())} scored queries, {int(landmark.sum())} with a landmark,
-{int(right[scored].sum())} predicted right; index {len(ev.index_ids)} images</li></ul>
+<ul>{gap_html or f"<li>{no_gap}</li>"}
+<li>{counts}; index {len(ev.index_ids)} images</li></ul>
 <p id="img-status">images loaded: ?</p>
-<h2>Precision vs rank</h2><img src="precision_vs_rank.png" style="width:640px;height:360px">
+{precision_html}
 <h2>Confidence histogram</h2><img src="confidence_histogram.png" style="width:640px;height:360px">
-<h2>Test images and their top-{top} retrieved index images</h2>
+<h2>{query_kind} and their top-{top} retrieved index images</h2>
 <p>Rows span the confidence ranking from most to least confident; a retrieved image is
-framed green when its landmark is one of the query's, red otherwise.</p>
+{frames}.</p>
 <table>{"".join(rows)}</table>
 </body></html>
 """

@@ -132,6 +132,7 @@ def train(
     batches: BatchSource,
     validate_fn: Callable | None = None,
     stop_after_steps: int | None = None,
+    write_summaries: bool = True,
 ) -> TrainResult:
     """Trains every stage of `config` not yet done in `workdir`.
 
@@ -143,13 +144,17 @@ def train(
       validate_fn: optional `f(model, plan) -> {method: GAP}` called after each stage.
       stop_after_steps: stop (after checkpointing) once this many steps ran in
         this call; used by tests and to split long jobs.
+      write_summaries: False opens no TensorBoard writer (a restore that trains
+        nothing leaves no empty event file in the run).
     """
     manifest = manifest_lib.read_manifest(tfrecord_dir)
     num_classes, num_train = stage_label_info(tfrecord_dir, config, manifest)
     plans = plan_stages(config.stages, num_classes=num_classes, num_train=num_train)
     is_main = jax.process_index() == 0
     with contextlib.ExitStack() as cleanup:
-        writer = SummaryWriter(os.path.join(workdir, "tensorboard"), enabled=is_main)
+        writer = SummaryWriter(
+            os.path.join(workdir, "tensorboard"), enabled=is_main and write_summaries
+        )
         cleanup.callback(writer.close)
         ckpt_dir = config.checkpoint_dir or os.path.join(workdir, "checkpoints")
         ckpt = Checkpointer(ckpt_dir, keep=config.keep_checkpoints)
@@ -338,6 +343,7 @@ def restore_trained_model(
         mesh=mesh,
         batches=_no_batches,
         stop_after_steps=0,
+        write_summaries=False,
     )
     if not result.complete:
         raise RunNotFinished(

@@ -4,6 +4,7 @@ TensorFlow start-up."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
@@ -16,6 +17,13 @@ def quiet_tensorflow() -> None:
     """Keeps TensorFlow's start-up chatter (oneDNN notes, CPU-feature guard) off the
     terminal; call at the top of a tool's main, before anything imports TF."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line on stderr (exit 2), not its usage block."""
+
+    def error(self, message: str):
+        _fail(f"{message} (see --help)")
 
 
 def _fail(message: str) -> None:
@@ -88,3 +96,20 @@ def cpu_only_when_no_accelerator() -> None:
 
     if "jax" in sys.modules:  # imported already (a config file's imports): not yet started
         sys.modules["jax"].config.update("jax_platforms", "cpu")
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """What a tool catches as a user's mistake rather than a bug: a bad value
+    (ValueError) or a missing, forbidden or vanished path, local or gs://."""
+    from gld_jax.utils import fs
+
+    return (ValueError, *fs.path_errors())
+
+
+def print_user_error(err: BaseException) -> int:
+    """Prints `err` as one line on stderr; returns the usage exit code."""
+    from gld_jax.utils import fs
+
+    line = str(err) if isinstance(err, ValueError) else fs.error_line(err)
+    print(f"error: {line}", file=sys.stderr)
+    return EXIT_USAGE

@@ -122,6 +122,15 @@ def glob(pattern: str) -> list[str]:
     return sorted(_gfile().glob(pattern) if is_remote(pattern) else _glob.glob(pattern))
 
 
+def walk_files(root: str) -> list[str]:
+    """Every file under folder `root`, at any depth, sorted by path."""
+    if is_remote(root):
+        walked = ((d.rstrip("/"), names) for d, _, names in _gfile().walk(root))
+    else:
+        walked = ((d, names) for d, _, names in os.walk(root))
+    return sorted(os.path.join(d, n) for d, names in walked for n in names)
+
+
 def open_file(path: str, mode: str = "r") -> IO:
     """Text or binary ("rb"/"wb") file object; remote writes land on close."""
     if is_remote(path):

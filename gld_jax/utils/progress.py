@@ -19,3 +19,8 @@ def progress_bar(*, total: int, desc: str, initial: int = 0, enabled: bool = Tru
         file=sys.stderr,
         mininterval=1.0,
     )
+
+
+def progress_write(line: str) -> None:
+    """Prints one line to stderr above a running bar (its text never runs into the line)."""
+    tqdm.write(line, file=sys.stderr)
