@@ -3,15 +3,21 @@
 # picks a supported Python (PYTHON=... to choose one) and rebuilds a .venv made
 # by another version or left half-installed.
 PYTHON ?=
+# GPU=1: the runtime set with JAX's CUDA plugin (requirements-gpu.txt).
+GPU ?=
+RUNTIME_REQ := requirements$(if $(GPU),-gpu,).txt
 VENV := .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= runs/demo
 ENSURE_VENV := PYTHON="$(PYTHON)" sh scripts/venv.sh
 
-.PHONY: demo test lint venv venv-dev clean-venv
+.PHONY: demo test lint venv venv-gpu venv-dev clean-venv
 
 venv:
-	@$(ENSURE_VENV) requirements.txt
+	@$(ENSURE_VENV) $(RUNTIME_REQ)
+
+venv-gpu:
+	@$(ENSURE_VENV) requirements-gpu.txt
 
 venv-dev:
 	@$(ENSURE_VENV) requirements-dev.txt

@@ -118,6 +118,10 @@ def test_a_block_whose_partial_reduction_fails_its_check_is_searched_in_one_pass
 
 def test_each_backend_runs_its_own_search():
     assert search_method("tpu", "bfloat16", 512) == "partial"
+    # GLDv2 (1,580,470 rows): at 512 dims on a v5e-8 the bins move less than the
+    # full scores; at 3,072 dims over a v3-32's 32 cores the gathered rows more.
+    assert search_method("tpu", "bfloat16", 512, rows_per_device=197_559) == "partial"
+    assert search_method("tpu", "bfloat16", 3072, rows_per_device=49_390) == "onepass"
     assert search_method("tpu", "bfloat16", 512, approx=True) == "onepass"
     assert search_method("gpu", "bfloat16", 512) == "pallas"
     assert search_method("gpu", "float32", 512) == "binned"  # Triton's f32 dot is TF32

@@ -70,9 +70,7 @@ def test_statistics_cotangents_follow_autodiff():
 
     for one_pass in (False, True):
         ours = f(lambda x, s, b, o=one_pass: batch_norm_lib._bn_train(x, s, b, 1e-3, o))
-        ref = f(
-            lambda x, s, b, o=one_pass: batch_norm_lib._bn_train_forward(x, s, b, 1e-3, o)[:3]
-        )
+        ref = f(lambda x, s, b, o=one_pass: batch_norm_lib._bn_train_forward(x, s, b, 1e-3, o)[:3])
         for a, b in zip(ours, ref, strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(np.abs(b).max()))
 

@@ -46,7 +46,9 @@ def compile_search(
     devices = aot.topology_devices(topology)
     mesh = Mesh(np.array(devices), (acc.ROWS_AXIS,))
     approx = recall_target < 1
-    method = method or acc.search_method("tpu", dtype, dim, approx=approx)
+    method = method or acc.search_method(
+        "tpu", dtype, dim, approx=approx, rows_per_device=math.ceil(rows / len(devices)), k=k
+    )
     plan = acc.plan_search(
         rows,
         dim,
