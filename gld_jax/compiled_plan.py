@@ -28,13 +28,15 @@ from flax import nnx
 from gld_jax.models.landmark import build_model, padded_num_classes
 from gld_jax.models.layers import tracing_for
 from gld_jax.retrieval.extract import make_embed_step
-from gld_jax.train import aot
+from gld_jax.train import aot, traffic
 from gld_jax.train import mesh as mesh_lib
 from gld_jax.train.stage_step import concrete_rng_state, make_stage_step
 from gld_jax.train.stages import StagePlan
 from gld_jax.train.state import split_model
 
 log = logging.getLogger(__name__)
+
+TOP_TRAFFIC = 6  # instructions listed per stage
 
 
 def _abstract(tree, shardings):
@@ -50,8 +52,8 @@ def _abstract_model(config, num_classes: int):
     return nnx.eval_shape(lambda: build_model(model_config, num_classes, seed=config.seed))
 
 
-def _stage_figures(config, plan: StagePlan, mesh) -> tuple[aot.CompiledFigures, int]:
-    """(figures, micro-batches) of one stage's train step."""
+def _stage_figures(config, plan: StagePlan, mesh) -> tuple[aot.CompiledFigures, int, list[dict]]:
+    """(figures, micro-batches, largest traffic) of one stage's train step."""
     model = _abstract_model(config, plan.num_classes)
     stage = make_stage_step(
         config, plan, model, mesh, run_key=jax.random.key(config.seed), platform="tpu"
@@ -67,8 +69,9 @@ def _stage_figures(config, plan: StagePlan, mesh) -> tuple[aot.CompiledFigures, 
     )
     with tracing_for("tpu"):
         lowered = stage.step.lower(_abstract(stage.state, stage.shardings), batch, margins)
-    _, figures = aot.compile_figures(lowered, loop_trips=stage.accumulate_steps)
-    return figures, stage.accumulate_steps
+    compiled, figures = aot.compile_figures(lowered, loop_trips=stage.accumulate_steps)
+    top = traffic.top_traffic(traffic.hlo_traffic(compiled.as_text()), TOP_TRAFFIC)
+    return figures, stage.accumulate_steps, top
 
 
 def _embed_figures(config, plan: StagePlan, mesh, global_batch: int) -> aot.CompiledFigures:
@@ -152,10 +155,11 @@ def compile_plan(
     stages = []
     for plan in plans:
         log.info("compiling stage %d (%d px) for %s", plan.index, plan.image_size, topology)
-        figures, accumulate = _stage_figures(config, plan, mesh)
+        figures, accumulate, top = _stage_figures(config, plan, mesh)
         _release_compiler_memory()
         micro = plan.batch_size // (num_devices * accumulate)
         entry = figures_dict(figures, target)
+        entry["top_traffic"] = top
         entry["largest_batch_per_device"] = largest_batch(figures, micro, target.memory_bytes)
         entry["step_hours"] = entry["roofline_seconds"] * plan.steps / 3600
         stages.append(entry)

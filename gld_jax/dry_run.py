@@ -273,6 +273,7 @@ def plan_run(
     from gld_jax.models.landmark import padded_num_classes
     from gld_jax.train.mesh import resolve_mesh_shape
     from gld_jax.train.stages import plan_stages
+    from gld_jax.train.traffic import traffic_floor
 
     target = config.target
     if target.accelerator not in ACCELERATORS:
@@ -315,6 +316,14 @@ def plan_run(
         residuals = act_bytes
         act_bytes *= activation_overhead(target.accelerator)
         act_bytes += 2 * micro * plan.image_size**2 * 3  # the uint8 batch, double-buffered
+        floor = traffic_floor(
+            param_bytes=param_bytes,
+            optimizer_slots=slots,
+            ema=bool(ema),
+            residual_bytes=residuals,
+            input_bytes=micro * plan.image_size**2 * 3,
+            micro_batches=accumulate,
+        )
         memory = {
             "params": param_bytes,
             "grads": param_bytes,
@@ -356,6 +365,11 @@ def plan_run(
                 },
                 "tflops_per_step": step_flops / 1e12,
                 "residual_gib": residuals / GIB,
+                # The least HBM traffic of a step on one device (train/traffic.py).
+                "traffic_floor_gb": floor.total / 1e9,
+                "traffic_floor_parts_gb": {
+                    k: v / 1e9 for k, v in dataclasses.asdict(floor).items()
+                },
                 "memory_gib_per_device": {k: v / GIB for k, v in memory.items()}
                 | {"total": total / GIB, "usable": budget / GIB},
                 "fits": total <= budget,
@@ -490,6 +504,14 @@ def format_plan(report: dict) -> str:
             f"{k} {mem[k]:.2f}" for k in ("params", "grads", "optimizer", "ema", "activations")
         )
         lines.append(f"  stage {s['stage']}: {parts}")
+    lines.append(
+        "traffic floor = the least HBM bytes a step moves per device (params, grads and "
+        "optimizer state read and written once, residuals written and read once, input "
+        "read once):"
+    )
+    for s in r["stages"]:
+        parts = ", ".join(f"{k} {v:.2f}" for k, v in s["traffic_floor_parts_gb"].items())
+        lines.append(f"  stage {s['stage']}: {s['traffic_floor_gb']:.2f} GB ({parts})")
     lines.append("validation after each stage (a forward pass, same MFU):")
     for s in r["stages"]:
         v = s["validation"]
@@ -540,8 +562,8 @@ def _format_compiled(r: dict) -> list[str]:
         "extrapolated; roofline = max(FLOPs / peak FLOP/s, bytes / HBM bandwidth), a lower "
         "bound on the step):",
         f"{'stage':>5} {'px':>5} {'/dev':>5} {'acc':>3} {'args':>6} {'temp':>6} {'peak':>6} "
-        f"{'est':>6} {'of':>5} {'max/dev':>7} {'TFLOP':>7} {'GB':>7} {'roofline':>9} "
-        f"{'hours':>6} {'compile':>8}",
+        f"{'est':>6} {'of':>5} {'max/dev':>7} {'TFLOP':>7} {'GB':>7} {'floor':>6} "
+        f"{'x':>5} {'roofline':>9} {'hours':>6} {'compile':>8}",
     ]
     for s in r["stages"]:
         c = s["compiled"]
@@ -550,7 +572,9 @@ def _format_compiled(r: dict) -> list[str]:
             f"{s['accumulate_steps']:>3} {c['argument_gib']:>6.2f} {c['temp_gib']:>6.2f} "
             f"{c['peak_gib']:>6.2f} {s['memory_gib_per_device']['total']:>6.2f} "
             f"{s['memory_gib_per_device']['usable']:>5.1f} {c['largest_batch_per_device']:>7} "
-            f"{c['tflops']:>7.2f} {c['gb_accessed']:>7.1f} {c['roofline_seconds'] * 1e3:>7.0f}ms "
+            f"{c['tflops']:>7.2f} {c['gb_accessed']:>7.1f} {s['traffic_floor_gb']:>6.1f} "
+            f"{c['gb_accessed'] / s['traffic_floor_gb']:>5.1f} "
+            f"{c['roofline_seconds'] * 1e3:>7.0f}ms "
             f"{c['step_hours']:>6.2f} {c['compile_seconds']:>7.0f}s"
             f"{'' if c['fits'] else '  DOES NOT FIT'}"
         )
@@ -558,10 +582,21 @@ def _format_compiled(r: dict) -> list[str]:
     lines.append(
         f"embed {e['image_size']:>5} {e['global_batch'] // r['num_devices']:>5} {1:>3} "
         f"{e['argument_gib']:>6.2f} {e['temp_gib']:>6.2f} {e['peak_gib']:>6.2f} {'':>6} "
-        f"{'':>5} {'':>7} {e['tflops']:>7.2f} {e['gb_accessed']:>7.1f} "
+        f"{'':>5} {'':>7} {e['tflops']:>7.2f} {e['gb_accessed']:>7.1f} {'':>6} {'':>5} "
         f"{e['roofline_seconds'] * 1e3:>7.0f}ms {'':>6} {e['compile_seconds']:>7.0f}s"
         f"{'' if e['fits'] else '  DOES NOT FIT'}"
     )
+    lines.append(
+        "(GB = XLA's bytes accessed per device per step; floor = the traffic floor above; "
+        "x = GB / floor, the distance to the limit)"
+    )
+    for s in r["stages"]:
+        top = s["compiled"].get("top_traffic", [])
+        if not top:
+            continue
+        lines.append(f"stage {s['stage']}'s largest traffic (operands + result, GB):")
+        for t in top:
+            lines.append(f"  {t['gb']:>7.2f}  {t['pass']:<8} {t['layer']}  ({t['op']})")
     lines.append(
         f"training at the roofline: {r['roofline_hours']:.1f} hours on {r['num_devices']} "
         f"devices (a bound; at {r['mfu']:.0%} MFU: {r['total_hours']:.1f})"

@@ -21,7 +21,7 @@ from gld_jax.config import base_config  # noqa: E402
 from gld_jax.models.efficientnet import BASE_BLOCKS, EfficientNet  # noqa: E402
 from gld_jax.models.landmark import LandmarkModel, padded_num_classes  # noqa: E402
 from gld_jax.models.layers import tracing_for  # noqa: E402
-from gld_jax.train import aot  # noqa: E402
+from gld_jax.train import aot, traffic  # noqa: E402
 from gld_jax.train import mesh as mesh_lib  # noqa: E402
 from gld_jax.train.stage_step import make_stage_step  # noqa: E402
 from gld_jax.train.stages import StagePlan  # noqa: E402
@@ -108,6 +108,17 @@ def test_reduced_model_compiles_for_tpu_with_the_head_split_over_model():
     # mesh's device order), which make_mesh puts on one host (test below).
     gathers = [line for line in hlo_4.splitlines() if " all-gather(" in line]
     assert gathers and all("replica_groups=[2,4]<=[8]" in g for g in gathers), gathers
+
+    # Where the bytes go: each instruction named by the layer it comes from
+    # (the models' named scopes), forward and backward; the listed bytes are
+    # part of XLA's own count.
+    ops = traffic.hlo_traffic(hlo_4)
+    layers = traffic.traffic_by_layer(ops)
+    assert {"stem", "block1a", "block2a", "block3a", "top", "head_loss", "optimizer"} <= set(layers)
+    assert {o.backward for o in ops if o.layer.startswith("block2a")} == {False, True}
+    assert 0.2 * split.bytes_accessed < sum(o.bytes for o in ops) <= split.bytes_accessed
+    top = traffic.top_traffic(ops, 5)
+    assert [t["gb"] for t in top] == sorted((t["gb"] for t in top), reverse=True)
 
 
 @pytest.mark.parametrize(

@@ -94,10 +94,12 @@ class LandmarkModel(nnx.Module):
 
 def _embed(model: LandmarkModel | GlobalDescriptor, images: jax.Array) -> jax.Array:
     """uint8 [N, H, W, 3] -> float32 [N, D]: normalise, backbone, GeM, neck."""
-    x = images.astype(jnp.float32)
-    x = (x - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
+    with jax.named_scope("normalise"):
+        x = images.astype(jnp.float32)
+        x = (x - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
     features = model.backbone(x.astype(model.compute_dtype))
-    return model.neck(model.pool(features)).astype(jnp.float32)
+    with jax.named_scope("pool_neck"):
+        return model.neck(model.pool(features)).astype(jnp.float32)
 
 
 class GlobalDescriptor(nnx.Module):

@@ -318,11 +318,14 @@ class ResNeSt(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """x [N, H, W, 3] normalised float -> [N, h, w, feature_dim] float32."""
-        x = jax.nn.relu(self.stem_bn1(self.stem_conv1(x)))
-        x = jax.nn.relu(self.stem_bn2(self.stem_conv2(x)))
-        x = jax.nn.relu(self.stem_bn3(self.stem_conv3(x)))
-        x = max_pool_3x3_s2(x)
-        for stage in self.stages:
-            for block in stage:
-                x = _remat_block(block, x) if self.remat else block(x)
+        # Named scopes put the layer in each op's name in XLA's compiled program.
+        with jax.named_scope("stem"):
+            x = jax.nn.relu(self.stem_bn1(self.stem_conv1(x)))
+            x = jax.nn.relu(self.stem_bn2(self.stem_conv2(x)))
+            x = jax.nn.relu(self.stem_bn3(self.stem_conv3(x)))
+            x = max_pool_3x3_s2(x)
+        for i, stage in enumerate(self.stages):
+            for j, block in enumerate(stage):
+                with jax.named_scope(f"layer{i + 1}_{j}"):
+                    x = _remat_block(block, x) if self.remat else block(x)
         return x.astype(jnp.float32)

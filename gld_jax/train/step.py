@@ -111,11 +111,12 @@ def train_step_fn(
             embeddings = jax.lax.with_sharding_constraint(embeddings, head_input_sharding)
         centers = model.head.centers[...]
         valid = model.head.num_classes
-        losses = sub_center_arcface_loss(
-            embeddings, centers, micro["label"], margins, scale, num_valid_classes=valid
-        )
-        cosine = mask_padded_classes(sub_center_cosine(embeddings, centers), valid)
-        accuracy = jnp.mean(jnp.argmax(cosine, axis=-1) == micro["label"])
+        with jax.named_scope("head_loss"):
+            losses = sub_center_arcface_loss(
+                embeddings, centers, micro["label"], margins, scale, num_valid_classes=valid
+            )
+            cosine = mask_padded_classes(sub_center_cosine(embeddings, centers), valid)
+            accuracy = jnp.mean(jnp.argmax(cosine, axis=-1) == micro["label"])
         new_stats = nnx.state(model, nnx.BatchStat).to_pure_dict()
         return jnp.mean(losses), (new_stats, accuracy)
 
@@ -140,11 +141,12 @@ def train_step_fn(
         grads = jax.tree.map(lambda g: g / accumulate, grad_sum)
         loss, accuracy = loss_sum / accumulate, acc_sum / accumulate
 
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    ema = state.ema_params
-    if ema_decay > 0:
-        ema = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, ema, params)
+    with jax.named_scope("optimizer"):
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema = state.ema_params
+        if ema_decay > 0:
+            ema = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, ema, params)
     new_state = state.replace(
         step=state.step + 1,
         params=params,
