@@ -19,3 +19,13 @@ def progress_bar(*, total: int, desc: str, initial: int = 0, enabled: bool = Tru
         file=sys.stderr,
         mininterval=1.0,
     )
+
+
+def end_bars() -> None:
+    """Ends the bars still open (a run stopped mid-loop), so that what is printed
+    next starts on a line of its own instead of after a bar's last update."""
+    for bar in list(getattr(tqdm, "_instances", ())):
+        try:
+            bar.close()
+        except Exception:  # another thread may be drawing it: the line still follows
+            pass
