@@ -14,10 +14,11 @@ _step: int | None = None
 _checkpoint_dir: str | None = None
 
 
-def note_checkpoint_dir(directory: str) -> None:
-    global _checkpoint_dir
+def begin(checkpoint_dir: str) -> None:
+    """A training starts (or resumes): no step finished yet in this call."""
+    global _checkpoint_dir, _step
     with _lock:
-        _checkpoint_dir = directory
+        _checkpoint_dir, _step = checkpoint_dir, None
 
 
 def note_step(global_step: int) -> None:

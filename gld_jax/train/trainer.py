@@ -157,7 +157,7 @@ def train(
         ckpt_dir = config.checkpoint_dir or os.path.join(workdir, "checkpoints")
         ckpt = Checkpointer(ckpt_dir, keep=config.keep_checkpoints)
         cleanup.callback(ckpt.close)  # waits for a pending async save, also on errors
-        progress.note_checkpoint_dir(ckpt.directory)
+        progress.begin(ckpt.directory)
         preemption = PreemptionWatcher()
         cleanup.callback(preemption.close)
         watchdog = run_watchdog(config.train.watchdog_s)
@@ -266,8 +266,8 @@ def _train_stages(run: _Run) -> TrainResult:
                 # One step in flight: the watchdog hears of each step when it has
                 # finished, while the next one is already queued.
                 jax.block_until_ready(previous)
-                watchdog.step_done()
                 progress.note_step(plan.first_step + step)
+                watchdog.step_done()
             previous = metrics
             steps_run += 1
             step_done = step + 1

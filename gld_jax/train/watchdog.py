@@ -81,7 +81,10 @@ class StepWatchdog:
             with self._lock:
                 idle = None if self._last is None else time.monotonic() - self._last
             if idle is not None and idle > bound:
-                faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+                try:
+                    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+                except (AttributeError, ValueError, OSError):  # a stderr without a file
+                    faulthandler.dump_traceback(file=sys.__stderr__, all_threads=True)
                 self._on_stall(
                     f"stalled: no training step finished for {bound:g} s (train.watchdog_s) "
                     f"{self._describe()}; every thread's stack is above; rerun the same "
