@@ -54,9 +54,28 @@ def start(port: int, num_processes: int, *, heartbeat_s: int, grace_s: float) ->
             )
         time.sleep(1)
     cmd = [sys.executable, "-m", __name__, str(port), str(num_processes), str(heartbeat_s)]
+    # gld_jax importable in the child as it is here (a script may have put it on sys.path)
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH", "")]))
     # Its only output is the service's notice of the `recoverable` mode.
     quiet = subprocess.DEVNULL
-    return subprocess.Popen([*cmd, str(grace_s)], stdin=quiet, stdout=quiet, stderr=quiet)
+    service = subprocess.Popen(
+        [*cmd, str(grace_s)],
+        stdin=quiet,
+        stdout=quiet,
+        stderr=quiet,
+        env=dict(os.environ, PYTHONPATH=path),
+    )
+    deadline = time.monotonic() + 60
+    while not port_in_use(port):  # else the hosts would wait their whole start-up timeout
+        if service.poll() is not None or time.monotonic() > deadline:
+            service.kill()
+            raise RuntimeError(
+                f"the coordination service did not start on port {port} "
+                f"(python -m {__name__}, exit {service.poll()})"
+            )
+        time.sleep(0.1)
+    return service
 
 
 # After an orderly end of process 0 (it signals SIGUSR1), the others only need
