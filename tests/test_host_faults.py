@@ -5,21 +5,21 @@ Two processes on 127.0.0.1 (gloo collectives, one CPU device each), as a user
 runs them: `python -m gld_jax.main` twice, with test-sized bounds. Faults come
 from GLD_JAX_TEST_FAULT (gld_jax/train/faults.py), so each one happens at a
 known step rather than by timing luck. One schedule of runs serves every check
-(module fixture `chain`), in two phases that overlap their waits:
+(module fixture `chain`), each run started as soon as what it needs is there,
+so that one run's waits are another's compute time:
 
-  1. U: an uninterrupted run from an empty workdir (process 0 generates and
+  U: an uninterrupted run from an empty workdir (process 0 generates and
      converts the data while process 1 waits) to the end, embeddings and GAPs.
-     A, in parallel, the same start: process 0 (the coordinator) SIGKILLs itself
-     inside the commit of step 4's checkpoint, after step 2's was committed.
-     And a run whose GLDv2 data is not converted.
-  2. A: rerun to the end; it resumes from step 2 and ends with U's losses and
-     GAPs. In parallel: a copy of A after phase 1, where process 1's save of
-     step 4 fails (ENOSPC).
+  A: the same start; process 0 (the coordinator) SIGKILLs itself inside the
+     commit of step 4's checkpoint, after step 2's was committed. Then A again:
+     it resumes from step 2 and ends with U's losses, GAPs and submission.
+  B: A's committed step 2 copied; process 1's save of step 4 fails (ENOSPC).
+  G: GLDv2 data that is not converted.
 
-The light worker (tests/host_fault_worker.py: the same start-up, peer monitor
-and step watchdog around gloo all-gathers, no model) covers the loss of a
-process that is not the coordinator (SIGKILL), a frozen process (SIGSTOP) and
-a process stuck in Python.
+Beside them, from the start, the light worker (tests/host_fault_worker.py: the
+same start-up, peer monitor and step watchdog around gloo all-gathers, no
+model) covers the loss of a process that is not the coordinator (SIGKILL), a
+frozen process (SIGSTOP) and a process stuck in Python.
 """
 
 import json
@@ -95,17 +95,6 @@ class Pair:
         return lines[-1] if lines else ""
 
 
-def wait_all(pairs, timeout=600):
-    deadline = time.monotonic() + timeout
-    try:
-        while not all(p.poll() for p in pairs):
-            assert time.monotonic() < deadline, [p.name for p in pairs if not p.poll()]
-            time.sleep(0.1)
-    finally:
-        for p in pairs:
-            p.kill()
-
-
 def main_pair(name, workdir, log_dir, faults=("", ""), extra=()):
     port = _free_port()
 
@@ -129,16 +118,33 @@ def main_pair(name, workdir, log_dir, faults=("", ""), extra=()):
     return Pair(name, argv, log_dir, faults)
 
 
+def light_pair(name, log_dir, fault, heartbeat_s, watchdog_s):
+    port = _free_port()
+
+    def argv(i):
+        return [
+            sys.executable,
+            os.path.join(HERE, "host_fault_worker.py"),
+            f"--process_id={i}",
+            f"--port={port}",
+            f"--heartbeat_s={heartbeat_s}",
+            f"--watchdog_s={watchdog_s}",
+            "--steps=2000",
+        ]
+
+    return Pair(name, argv, log_dir, faults=("", fault))
+
+
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
+    """Runs the schedule, each run as soon as what it needs is there."""
     root = tmp_path_factory.mktemp("faults")
     logs = root / "logs"
     logs.mkdir()
-    a, u = root / "A", root / "U"
-    out = {}
+    a, b, u = root / "A", root / "B", root / "U"
     empty_gldv2 = root / "gldv2"
     empty_gldv2.mkdir()
-    # phase 1
+    out = {"root": root}
     out["U"] = main_pair("U", u, logs)
     out["A1"] = main_pair("A1", a, logs, faults=("kill_in_commit@4", ""))
     out["G"] = main_pair(
@@ -147,15 +153,32 @@ def chain(tmp_path_factory):
         logs,
         extra=("--config.synthetic.enabled=False", f"--config.data_dir={empty_gldv2}"),
     )
-    wait_all([out["A1"]])
-    out["A1_checkpoints"] = sorted(os.listdir(a / "checkpoints"))
-    out["step2_files"] = file_tree(a / "checkpoints" / "2")
-    shutil.copytree(a, root / "B")
-    # phase 2
-    out["A2"] = main_pair("A2", a, logs)
-    out["B"] = main_pair("B", root / "B", logs, faults=("", "save_error@4"))
-    wait_all([out["U"], out["A2"], out["B"], out["G"]])
-    out["root"] = root
+    light = dict(heartbeat_s=5, watchdog_s=600)
+    out["killed"] = light_pair("killed", logs, "sigkill@20", **light)
+    out["frozen"] = light_pair("frozen", logs, "sigstop@20", **light)
+    out["stuck"] = light_pair("stuck", logs, "sleep@20", heartbeat_s=5, watchdog_s=6)
+    pairs = [out[k] for k in ("U", "A1", "G", "killed", "frozen", "stuck")]
+    deadline = time.monotonic() + 900
+    try:
+        while not all([p.poll() for p in pairs]):  # every pair polled: their exit times
+            assert time.monotonic() < deadline, [p.name for p in pairs if not p.poll()]
+            if "B" not in out and (a / "checkpoints" / "2").is_dir():
+                # step 2 is committed, so it no longer changes: B starts from it
+                out["step2_files"] = file_tree(a / "checkpoints" / "2")
+                shutil.copytree(a / "tfrecords", b / "tfrecords")
+                shutil.copytree(a / "checkpoints" / "2", b / "checkpoints" / "2")
+                out["B"] = main_pair("B", b, logs, faults=("", "save_error@4"))
+                pairs.append(out["B"])
+            if "A2" not in out and out["A1"].poll():
+                out["A1_checkpoints"] = sorted(os.listdir(a / "checkpoints"))
+                out["A2"] = main_pair("A2", a, logs)
+                pairs.append(out["A2"])
+            if out["frozen"].ended[0] is not None:
+                out["frozen"].kill()  # the stopped process, once the other has ended
+            time.sleep(0.1)
+    finally:
+        for p in pairs:
+            p.kill()
     return out
 
 
@@ -213,6 +236,7 @@ def test_a_killed_coordinator_and_a_kill_inside_the_commit(chain):
     ), line
     _no_crash_output(a1.text(1))
     detected = a1.ended[1] - a1.ended[0]
+    print(f"process 0 killed: process 1 out {detected:.1f} s later")  # shown with -s
     assert HEARTBEAT_S - 1 <= detected <= HEARTBEAT_S + MARGIN_S, detected
     # step 4's data was written by both processes; its commit never happened
     assert "2" in chain["A1_checkpoints"] and "4" not in chain["A1_checkpoints"]
@@ -270,23 +294,6 @@ def test_the_rerun_resumes_and_ends_with_the_uninterrupted_losses_and_gaps(chain
 # --- the light worker: a frozen process, a process stuck in Python -----------------------
 
 
-def light_pair(name, log_dir, fault, heartbeat_s, watchdog_s):
-    port = _free_port()
-
-    def argv(i):
-        return [
-            sys.executable,
-            os.path.join(HERE, "host_fault_worker.py"),
-            f"--process_id={i}",
-            f"--port={port}",
-            f"--heartbeat_s={heartbeat_s}",
-            f"--watchdog_s={watchdog_s}",
-            "--steps=2000",
-        ]
-
-    return Pair(name, argv, log_dir, faults=("", fault))
-
-
 def _fault_time(pair, i, step):
     """When process i printed 'step STEP at T' (time.monotonic of this machine)."""
     m = re.search(rf"^step {step} at ([0-9.]+)$", pair.text(i), re.M)
@@ -294,22 +301,11 @@ def _fault_time(pair, i, step):
     return float(m.group(1))
 
 
-def test_a_killed_frozen_or_stuck_process_is_ended_within_the_bounds(tmp_path):
+def test_a_killed_frozen_or_stuck_process_is_ended_within_the_bounds(chain):
     """SIGKILL and SIGSTOP (no more heartbeats): the other process stops on the
     heartbeat bound, exit 75 and the line. Stuck in Python (sleeping; its
     heartbeats go on): the step watchdog ends both, with its stacks in the log."""
-    killed = light_pair("killed", tmp_path, "sigkill@20", heartbeat_s=5, watchdog_s=600)
-    frozen = light_pair("frozen", tmp_path, "sigstop@20", heartbeat_s=5, watchdog_s=600)
-    stuck = light_pair("stuck", tmp_path, "sleep@20", heartbeat_s=5, watchdog_s=6)
-    try:
-        deadline = time.monotonic() + 300
-        while not (killed.poll() and frozen.ended[0] and stuck.poll()):
-            frozen.poll()
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
-    finally:
-        for pair in (killed, frozen, stuck):
-            pair.kill()  # the stopped process
+    killed, frozen, stuck = chain["killed"], chain["frozen"], chain["stuck"]
     for pair in (killed, frozen):
         assert pair.rcs[0] == 75
         line = pair.last_line(0)
@@ -320,6 +316,7 @@ def test_a_killed_frozen_or_stuck_process_is_ended_within_the_bounds(tmp_path):
         ), line
         _no_crash_output(pair.text(0))
         detected = pair.ended[0] - _fault_time(pair, 1, 20)
+        print(f"{pair.name}: process 0 out {detected:.1f} s after process 1's last step")
         assert 4 <= detected <= 5 + MARGIN_S, (pair.name, detected)
     assert killed.rcs[1] == -9
 
@@ -334,6 +331,7 @@ def test_a_killed_frozen_or_stuck_process_is_ended_within_the_bounds(tmp_path):
     # the stacks of the process whose watchdog fired first, from faulthandler
     assert any("(most recent call first)" in stuck.text(i) for i in (0, 1))
     detected = max(stuck.ended) - _fault_time(stuck, 1, 20)
+    print(f"stuck: both out {detected:.1f} s after process 1's last step")
     assert 5 <= detected <= 6 + MARGIN_S, detected
 
 
