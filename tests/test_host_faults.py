@@ -449,3 +449,25 @@ def test_a_save_error_is_one_line_and_the_earlier_checkpoint_stays(tmp_path, mon
         "Failed to write 1559543 bytes to file 7: No space left on device [os_error_code='28']"
     )
     assert write_error_reason(ts) == "No space left on device"
+
+
+def test_the_next_start_deletes_an_uncommitted_save(tmp_path):
+    """What a kill inside a commit leaves (the temporary folder of a save that
+    was written but not committed) is not listed, and the next start deletes it."""
+    import jax.numpy as jnp
+
+    from gld_jax.train.checkpoint import Checkpointer
+
+    ckpt = Checkpointer(str(tmp_path / "ck"))
+    ckpt.save(2, {"w": jnp.arange(4.0)}, {"global_step": 2})
+    ckpt.close()
+    leftover = tmp_path / "ck" / "4.orbax-checkpoint-tmp"
+    shutil.copytree(tmp_path / "ck" / "2", leftover)
+    (leftover / "commit_success.txt").unlink(missing_ok=True)
+    again = Checkpointer(str(tmp_path / "ck"))
+    assert again.latest_step() == 2
+    deadline = time.monotonic() + 30  # the clean-up runs in a thread beside the start
+    while leftover.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert sorted(os.listdir(tmp_path / "ck")) == ["2"]
+    again.close()
