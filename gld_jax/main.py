@@ -20,12 +20,14 @@ import logging
 import os
 import sys
 import time
+import traceback
 
 from absl import flags
 from ml_collections import config_flags
 
 from gld_jax.utils.cli import cpu_only_when_no_accelerator, parse_flags, quiet_tensorflow
 from gld_jax.utils.compile_cache import enable_compilation_cache
+from gld_jax.utils.progress import end_bars
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (local path or gs://...).")
@@ -60,7 +62,9 @@ log = logging.getLogger("gld_jax")
 
 EXIT_USAGE = 2
 EXIT_DIVERGED = 3
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpoint saved on SIGTERM, rerun to resume
+# EX_TEMPFAIL, "try again": preempted (checkpoint saved on SIGTERM), a lost host,
+# a stalled step; rerunning the same command resumes from the last checkpoint.
+EXIT_PREEMPTED = 75
 
 
 def _default_workdir(config_path: str) -> str:
@@ -81,10 +85,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import jax
 
-    from gld_jax.config import ConfigError, validate_config
+    from gld_jax.config import ConfigError, validate_distributed
+    from gld_jax.train import peers
     from gld_jax.train.distributed import maybe_initialize_distributed
-    from gld_jax.train.preemption import TrainingPreempted
-    from gld_jax.train.trainer import TrainingDiverged
 
     config = _CONFIG.value
     config_path = flags.FLAGS["config"].config_filename
@@ -109,35 +112,33 @@ def main(argv: list[str] | None = None) -> int:
             compile=_COMPILE.value,
             calibrate_host=_CALIBRATE_HOST.value,
         )
-    maybe_initialize_distributed(config.distributed)
-    enable_compilation_cache(workdir)
     try:
-        validate_config(config, num_devices=jax.device_count(), process_count=jax.process_count())
+        validate_distributed(config)  # its timeouts go to the runtime before anything else
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    from gld_jax.data.prepare import path_problem
-
-    problem = path_problem(config, workdir)  # after the config: a bad one writes nothing
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return EXIT_USAGE
     try:
-        summary = run(config, workdir, mode=_MODE.value, stop_after_steps=_STOP_AFTER.value)
-    except TrainingDiverged as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_DIVERGED
-    except TrainingPreempted as e:
-        print(f"preempted: {e}", file=sys.stderr)
-        return EXIT_PREEMPTED
-    except (FileNotFoundError, NotADirectoryError, PermissionError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except fs.path_errors() as e:
-        # A path that went away or lost permission mid-run (a deleted object, an
-        # expired grant): the message names it.
-        print(f"error: {fs.error_line(e)}", file=sys.stderr)
-        return EXIT_USAGE
+        multi = maybe_initialize_distributed(config.distributed)
+    except Exception as e:  # the hosts never met: a missing host, a wrong address
+        code = EXIT_PREEMPTED if isinstance(e, jax.errors.JaxRuntimeError) else EXIT_USAGE
+        print(f"error: the hosts could not connect: {' '.join(str(e).split())}", file=sys.stderr)
+        return code
+    enable_compilation_cache(workdir)
+    try:
+        code, line, summary = _run_checked(config, workdir)
+    except Exception as e:
+        if not multi:
+            raise
+        # A failure nobody foresaw: its traceback here, and the run stops on
+        # every process instead of leaving them in a collective.
+        traceback.print_exc()
+        code, line = 1, f"error: process {jax.process_index()} failed: {_one_line(e)}"
+    if code:
+        if multi:
+            peers.stop_run(code, line)  # the same line and code on every process
+        end_bars()
+        print(line, file=sys.stderr)
+        return code
     if summary.get("ladder"):
         from gld_jax.pipeline import ladder_table
 
@@ -149,7 +150,58 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
     print(json.dumps(summary))
-    return 0
+    return 0  # several processes: each says it is done at exit (peers.finish_run)
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _run_checked(config, workdir: str) -> tuple[int, str, dict | None]:
+    """Validates, runs, and maps the foreseen failures to (exit code, one line);
+    (0, "", summary) when the run ends well."""
+    import jax
+
+    from gld_jax.config import ConfigError, validate_config
+    from gld_jax.data.prepare import path_problem
+    from gld_jax.train import peers
+    from gld_jax.train.distributed import SharedStepFailed
+    from gld_jax.train.preemption import TrainingPreempted
+    from gld_jax.train.trainer import TrainingDiverged
+    from gld_jax.utils import fs
+
+    try:
+        validate_config(config, num_devices=jax.device_count(), process_count=jax.process_count())
+    except ConfigError as e:
+        return EXIT_USAGE, f"config error: {e}", None
+    problem = path_problem(config, workdir)  # after the config: a bad one writes nothing
+    if problem:
+        return EXIT_USAGE, f"error: {problem}", None
+    try:
+        try:
+            summary = run(config, workdir, mode=_MODE.value, stop_after_steps=_STOP_AFTER.value)
+        except Exception as e:
+            peers.verdict_first(e)  # a peer gone: exit 75 and its line from the monitor
+            raise
+    except TrainingDiverged as e:
+        return EXIT_DIVERGED, f"error: {e}", None
+    except TrainingPreempted as e:
+        return EXIT_PREEMPTED, f"preempted: {e}", None
+    except (
+        FileNotFoundError,
+        NotADirectoryError,
+        PermissionError,
+        ValueError,
+        SharedStepFailed,
+    ) as e:
+        return EXIT_USAGE, f"error: {e}", None
+    except fs.path_errors() as e:
+        # A path that went away or lost permission mid-run (a deleted object, an
+        # expired grant), a checkpoint that could not be written: the message
+        # names it.
+        return EXIT_USAGE, f"error: {fs.error_line(e)}", None
+    return 0, "", summary
 
 
 def run(config, workdir: str, *, mode: str = "all", stop_after_steps: int | None = None) -> dict:

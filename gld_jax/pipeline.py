@@ -15,7 +15,7 @@ import numpy as np
 
 from gld_jax.config.run_config import save_run_config
 from gld_jax.data.batches import host_batches
-from gld_jax.data.prepare import prepare_data, resolve_dirs
+from gld_jax.data.prepare import resolve_dirs
 from gld_jax.metrics import (
     correct_mask,
     global_average_precision,
@@ -40,6 +40,7 @@ from gld_jax.retrieval.extract import Embedder
 from gld_jax.retrieval.nonlandmark_set import select_nonlandmarks
 from gld_jax.retrieval.predict import predict_head
 from gld_jax.retrieval.submission import write_submission
+from gld_jax.shared_data import prepare_shared_data
 from gld_jax.train.mesh import make_mesh
 from gld_jax.train.stages import StagePlan
 from gld_jax.train.trainer import train
@@ -360,7 +361,7 @@ def run_pipeline(
     if jax.process_index() == 0:
         # What recognize and export read to rebuild this run's model from --workdir alone.
         save_run_config(workdir, config)
-    tfrecord_dir = prepare_data(config, workdir, is_main=jax.process_index() == 0)
+    tfrecord_dir = prepare_shared_data(config, workdir)
 
     if mode in ("all", "train", "embed"):
         # One compiled embedding step per stage, shared by its validation and,
@@ -401,6 +402,11 @@ def run_pipeline(
         if mode in ("all", "embed"):
             final = result.plans[-1]
             embed_splits(config, tfrecord_dir, final, workdir, embedder_for(result.model, final))
+            if jax.process_count() > 1:
+                # Process 0 evaluates from every process's shard: all must be written.
+                from jax.experimental import multihost_utils
+
+                multihost_utils.sync_global_devices("embeddings written")
     if mode in ("all", "evaluate") and jax.process_index() == 0:
         summary.update(evaluate(config, workdir))
     return summary

@@ -36,6 +36,7 @@ def pytest_configure(config):
 # per pytest-xdist worker at a time, a long file started last sets the wall time
 # (`make test` passes --no-loadscope-reorder so xdist keeps this order).
 _LONG_FILES = (
+    "test_host_faults.py",
     "test_multihost.py",
     "test_trainer.py",
     "test_head_scoring.py",

@@ -29,21 +29,16 @@ def main() -> None:
     sys.path.insert(0, here)
     sys.path.insert(0, os.path.dirname(here))
 
-    import ml_collections
     import numpy as np
 
+    from gld_jax.config import base_config
     from gld_jax.train.distributed import maybe_initialize_distributed
 
-    maybe_initialize_distributed(
-        ml_collections.ConfigDict(
-            dict(
-                enabled=True,
-                coordinator_address=f"127.0.0.1:{args.port}",
-                num_processes=args.num_processes,
-                process_id=args.process_id,
-            )
-        )
-    )
+    d = base_config().distributed
+    d.enabled = True
+    d.coordinator_address = f"127.0.0.1:{args.port}"
+    d.num_processes, d.process_id = args.num_processes, args.process_id
+    maybe_initialize_distributed(d)
     import jax
     from head_problem import loss_and_grads, problem
     from jax.experimental import multihost_utils

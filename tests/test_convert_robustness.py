@@ -20,6 +20,7 @@ import tarfile
 import numpy as np
 import pytest
 import tensorflow as tf
+from file_tree import file_tree
 from PIL import Image
 
 from tfrecords_tools import build_gldv2, features, sources
@@ -456,17 +457,6 @@ def test_killed_run_resumes_and_reruns_are_byte_identical(bad_root, tmp_path):
     assert other["_reused_shards"] == 0 and other["max_side"] == 16
 
 
-def _tree(root):
-    """{relative path: bytes} of every file under root."""
-    out = {}
-    for folder, _, names in os.walk(root):
-        for name in names:
-            path = os.path.join(folder, name)
-            with open(path, "rb") as f:
-                out[os.path.relpath(path, root)] = f.read()
-    return out
-
-
 def test_two_conversions_of_bad_files_are_byte_identical_with_stable_reasons(tmp_path):
     """Every file of two outputs (shards, manifest, _parts, TFDS metadata) is the
     same when the same folder of bad files is converted twice, by two processes;
@@ -498,7 +488,7 @@ def test_two_conversions_of_bad_files_are_byte_identical_with_stable_reasons(tmp
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
-    tree_a, tree_b = _tree(a), _tree(b)
+    tree_a, tree_b = file_tree(a), file_tree(b)
     assert sorted(tree_a) == sorted(tree_b)
     assert any(name.startswith(build_gldv2.PARTS_DIR) for name in tree_a)
     for name in tree_a:

@@ -137,6 +137,11 @@ elif kind == "tpu-vm" and verb in ("ssh", "scp"):
                     st["qr"] = "SUSPENDED"
         elif step == "setup":
             rc = st["setup_rcs"].pop(0) if st["setup_rcs"] else 0
+        elif step == "reason":  # the stop line the run left in the workers' logs
+            if st["reasons"]:
+                print(st["reasons"].pop(0))
+        elif step == "end":  # ending what is left of a job: 255 = a worker does not answer
+            rc = st["end_rcs"].pop(0) if st["end_rcs"] else 0
 with open(path, "w") as f:
     json.dump(st, f)
 sys.exit(rc)
@@ -165,6 +170,8 @@ class Fake:
             wait_rcs=[],
             preempt_on=[],
             setup_rcs=[],
+            reasons=[],
+            end_rcs=[],
         )
         st.update(state)
         (self.dir / "state.json").write_text(json.dumps(st))
@@ -723,6 +730,61 @@ def test_queued_resource_is_recreated_after_preemption(tmp_path):
     qr_delete = next(c for c in fake.calls if c[2:4] == ["queued-resources", "delete"])
     assert "--force" in qr_delete
     assert "WAITING_FOR_RESOURCES" in r.stderr  # it waited in the queue
+
+
+LOST = "lost host: process 3 (t1v-n-w-3) of 4 sent no heartbeat for 30 s; the run stopped at step 120, last complete checkpoint: step 100; rerun the same command to resume"  # noqa: E501  (gld_jax.train.peers.lost_host_line)
+
+
+def test_lost_host_restarts_on_the_same_slice_with_the_reason_logged(tmp_path):
+    """Exit 75 with a lost host on a READY slice whose workers all answer: what is
+    left of the job is ended on every worker and it restarts there, no recreation."""
+    fake = Fake(tmp_path, node="READY", wait_rcs=[75, 0], reasons=[LOST])
+    r = run("train.sh", "effb7", "--skip_setup", env=BASE_ENV, fake=fake)
+    assert r.returncode == 0, r.stderr
+    v = fake.verbs()
+    first_wait = v.index("ssh:wait")
+    assert v[first_wait:] == [
+        "ssh:wait",  # exits 75
+        "tpu-vm describe",  # READY
+        "ssh:reason",  # the stop line from the workers' logs
+        "ssh:end",  # what is left of the job, on every worker
+        "tpu-vm describe",
+        "ssh:launch",
+        "ssh:wait",  # resumes, exits 0
+    ]
+    assert "tpu-vm create" not in v and "tpu-vm delete" not in v
+    assert f"exit 75 ({LOST}): every worker answers, restarting on this slice" in r.stderr
+    end = fake.ssh_commands("end")[0]
+    assert "kill -TERM -- -" in end and "logs/effb7_fold0.train.pid" in end
+
+
+def test_lost_host_with_a_worker_that_does_not_answer_recreates(tmp_path):
+    fake = Fake(tmp_path, node="READY", wait_rcs=[75, 0], reasons=[LOST], end_rcs=[255])
+    r = run("train.sh", "effb7", "--skip_setup", env=BASE_ENV, fake=fake)
+    assert r.returncode == 0, r.stderr
+    v = fake.verbs()
+    assert v.count("tpu-vm create") == 1 and v.count("ssh:setup") == 1
+    assert "a worker does not answer, recreating the slice" in r.stderr
+
+
+def test_a_run_that_keeps_losing_the_same_host_stops_naming_it(tmp_path):
+    fake = Fake(tmp_path, node="READY", wait_rcs=[75] * 6, reasons=[LOST] * 6)
+    r = run("train.sh", "effb7", "--skip_setup", "--max_retries", "5", env=BASE_ENV, fake=fake)
+    assert r.returncode == 75
+    assert fake.verbs().count("ssh:launch") == 3  # MAX_SAME_HOST=3 runs, then it stops
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("[train.sh] error: effb7_fold0.train failed (exit 75): lost process 3")
+    assert "(t1v-n-w-3) in 3 runs in a row; stopping" in last
+    # another host in between resets the count
+    (tmp_path / "b").mkdir()
+    fake2 = Fake(
+        tmp_path / "b",
+        node="READY",
+        wait_rcs=[75, 75, 75, 0],
+        reasons=[LOST, LOST.replace("process 3 (t1v-n-w-3)", "process 1 (t1v-n-w-1)"), LOST],
+    )
+    r2 = run("train.sh", "effb7", "--skip_setup", env=BASE_ENV, fake=fake2)
+    assert r2.returncode == 0, r2.stderr
 
 
 def test_ensemble_stops_at_the_first_failed_config(tmp_path):

@@ -265,6 +265,37 @@ def test_sigterm_saves_and_stops_with_preempted(tiny_run, monkeypatch):
     assert resumed.complete and resumed.steps_run == resumed.plans[-1].last_step - 2
 
 
+def test_the_watchdog_hears_of_finished_steps_and_not_of_compiles(tiny_run, monkeypatch):
+    """The step watchdog is paused before a stage's first step (it compiles) and
+    hears of each step once it has finished: the first report comes as step 2
+    is queued, after step 1's results were waited for."""
+    from gld_jax.train import trainer as trainer_lib
+
+    config, tfrecord_dir, root = tiny_run
+    events = []
+
+    class Recorder:
+        def pause(self):
+            events.append("pause")
+
+        def step_done(self):
+            events.append(("step", trainer_lib.progress._step))
+
+        def close(self):
+            events.append("close")
+
+    monkeypatch.setattr(trainer_lib, "run_watchdog", lambda watchdog_s: Recorder())
+    _train(
+        config,
+        workdir=str(root / "watched"),
+        tfrecord_dir=tfrecord_dir,
+        mesh=mesh_lib.make_mesh(-1, 1),
+        stop_after_steps=3,
+    )
+    # the progress noted for the stop lines comes with each report
+    assert events == ["pause", ("step", 1), ("step", 2), "pause", "close"]
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_run, monkeypatch):
     from gld_jax.train import trainer as trainer_lib
     from gld_jax.train.trainer import TrainingDiverged

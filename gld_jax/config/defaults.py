@@ -203,8 +203,22 @@ def base_config() -> ml_collections.ConfigDict:
     # Multi-host: jax.distributed.initialize() runs when `enabled` is true or the
     # environment sets GLD_JAX_DISTRIBUTED=1. TPU VMs need no addresses; other
     # clusters give the coordinator "host:port", the process count and this id.
+    # heartbeat_timeout_s: a host silent this long is lost and the others stop
+    # with exit 75 (gld_jax/train/peers.py); initialization_timeout_s: how long
+    # the hosts wait for each other at the start, shutdown_timeout_s at the end;
+    # data_wait_s: how long the other hosts wait for process 0 to generate and
+    # convert the synthetic data.
     c.distributed = ml_collections.ConfigDict(
-        dict(enabled=False, coordinator_address="", num_processes=0, process_id=-1)
+        dict(
+            enabled=False,
+            coordinator_address="",
+            num_processes=0,
+            process_id=-1,
+            heartbeat_timeout_s=30,
+            initialization_timeout_s=300,
+            shutdown_timeout_s=300,
+            data_wait_s=1800,
+        )
     )
 
     # The hardware the run is planned for: only `--dry_run` reads it, to size
@@ -217,7 +231,10 @@ def base_config() -> ml_collections.ConfigDict:
         dict(accelerator="tpu_v3", num_devices=0, mfu=0.35, topology="")
     )
 
-    # Loop.
+    # Loop. train.watchdog_s: a process with no training step finished for this
+    # long (compilation excluded) dumps its threads' stacks and exits 75; 0 = the
+    # larger of 10 minutes and 20 median steps (gld_jax/train/watchdog.py).
+    c.train = ml_collections.ConfigDict(dict(watchdog_s=0.0))
     c.log_every_steps = 20
     c.checkpoint_every_steps = 500
     c.keep_checkpoints = 2

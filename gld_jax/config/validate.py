@@ -185,6 +185,8 @@ def validate_config(
     _check(config.folds >= 2, "folds", "must be >= 2")
     _check(-1 <= config.fold < config.folds, "fold", f"must be -1 or in [0, {config.folds})")
     _check(config.val_every >= 1, "val_every", "must be >= 1")
+    _check(config.train.watchdog_s >= 0, "train.watchdog_s", "must be >= 0 (0: automatic)")
+    validate_distributed(config)
 
     try:
         data, model = resolve_mesh_shape(config.mesh.data, config.mesh.model, num_devices)
@@ -237,6 +239,16 @@ def validate_config(
         if i == 0:
             _check(s.new_head, f"{key}.new_head", "the first stage always starts a new head")
         previous_label_set = s.label_set
+
+
+def validate_distributed(config: ml_collections.ConfigDict) -> None:
+    """The multi-host timeouts; checked before the hosts connect (main), since
+    they are handed to jax.distributed.initialize."""
+    d = config.distributed
+    # Below 2 s a busy host (a long compile, a TensorFlow import) can miss its beats.
+    _check(d.heartbeat_timeout_s >= 2, "distributed.heartbeat_timeout_s", "must be >= 2 seconds")
+    for key in ("initialization_timeout_s", "shutdown_timeout_s", "data_wait_s"):
+        _check(d[key] > 0, f"distributed.{key}", "must be positive (seconds)")
 
 
 def _exists(path: str) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 
 from gld_jax.data import manifest
 from gld_jax.utils import fs
@@ -40,15 +41,48 @@ def path_problem(config, workdir: str) -> str | None:
     return next(filter(None, (check() for check in checks)), None)
 
 
-def prepare_data(config, workdir: str, *, is_main: bool = True) -> str:
+def shared_data_problem(
+    seen: Sequence[bool],
+    *,
+    synthetic: bool,
+    tfrecord_dir: str,
+    data_dir: str,
+    prepared: bool = False,
+) -> str | None:
+    """What stops a multi-process run from reading one set of TFRecords, in one
+    line (the same on every process); None when every process sees the manifest,
+    or when none does and process 0 may generate and convert the synthetic set.
+
+    seen: per process, whether it sees `tfrecord_dir`'s manifest.
+    prepared: process 0 has just written the data.
+    """
+    missing = [i for i, s in enumerate(seen) if not s]
+    if not missing:
+        return None
+    n = len(seen)
+    if len(missing) < n or prepared:
+        who = ", ".join(str(i) for i in missing)
+        when = " after process 0 wrote it" if prepared else ", others do"
+        return (
+            f"process{'es' if len(missing) > 1 else ''} {who} of {n} "
+            f"see{'' if len(missing) > 1 else 's'} no manifest.json in {tfrecord_dir}{when}: "
+            "every host must read the same folder (tfrecord_dir, default <workdir>/tfrecords), "
+            "e.g. on gs://"
+        )
+    if synthetic:
+        return None
+    return (
+        f"no converted data in {tfrecord_dir}: a multi-host run reads converted TFRecords; "
+        f"convert them first: python -m tfrecords_tools.build_gldv2 --data_dir {data_dir} "
+        f"--output_dir {tfrecord_dir}"
+    )
+
+
+def prepare_data(config, workdir: str) -> str:
     """Generates (if synthetic) and converts (if no manifest yet); returns the TFRecord dir."""
     data_dir, tfrecord_dir = resolve_dirs(config, workdir)
     if manifest.exists(tfrecord_dir):
         return tfrecord_dir
-    if not is_main:
-        raise FileNotFoundError(
-            f"no manifest in {tfrecord_dir}: convert the data before a multi-host run"
-        )
     if config.synthetic.enabled:
         from gld_jax.data.synthetic import generate_gldv2_like
 

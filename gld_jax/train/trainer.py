@@ -26,6 +26,7 @@ from gld_jax.data import manifest as manifest_lib
 from gld_jax.data.batches import BatchSource
 from gld_jax.losses import dynamic_margins
 from gld_jax.models.landmark import LandmarkModel, SubCenterHead, build_model, padded_num_classes
+from gld_jax.train import faults, progress
 from gld_jax.train import mesh as mesh_lib
 from gld_jax.train.checkpoint import Checkpointer
 from gld_jax.train.optim import applied_learning_rate
@@ -33,6 +34,7 @@ from gld_jax.train.preemption import PreemptionWatcher, TrainingPreempted
 from gld_jax.train.stage_step import make_stage_step
 from gld_jax.train.stages import StagePlan, locate, plan_stages
 from gld_jax.train.state import eval_params, state_from_tree, state_to_tree, update_model
+from gld_jax.train.watchdog import StepWatchdog, run_watchdog
 from gld_jax.utils.progress import progress_bar
 from gld_jax.utils.tensorboard import SummaryWriter
 
@@ -119,6 +121,7 @@ class _Run:
     writer: SummaryWriter
     ckpt: Checkpointer
     preemption: PreemptionWatcher
+    watchdog: StepWatchdog
     validate_fn: Callable | None
     stop_after_steps: int | None
 
@@ -159,8 +162,11 @@ def train(
         ckpt_dir = config.checkpoint_dir or os.path.join(workdir, "checkpoints")
         ckpt = Checkpointer(ckpt_dir, keep=config.keep_checkpoints)
         cleanup.callback(ckpt.close)  # waits for a pending async save, also on errors
+        progress.begin(ckpt.directory)
         preemption = PreemptionWatcher()
         cleanup.callback(preemption.close)
+        watchdog = run_watchdog(config.train.watchdog_s)
+        cleanup.callback(watchdog.close)
         run = _Run(
             config=config,
             workdir=workdir,
@@ -171,6 +177,7 @@ def train(
             writer=writer,
             ckpt=ckpt,
             preemption=preemption,
+            watchdog=watchdog,
             validate_fn=validate_fn,
             stop_after_steps=stop_after_steps,
         )
@@ -179,7 +186,7 @@ def train(
 
 def _train_stages(run: _Run) -> TrainResult:
     config, workdir, mesh, plans = run.config, run.workdir, run.mesh, run.plans
-    ckpt, writer, preemption = run.ckpt, run.writer, run.preemption
+    ckpt, writer, preemption, watchdog = run.ckpt, run.writer, run.preemption, run.watchdog
     validate_fn, stop_after_steps = run.validate_fn, run.stop_after_steps
     is_main = jax.process_index() == 0
 
@@ -199,6 +206,7 @@ def _train_stages(run: _Run) -> TrainResult:
                 "use a new --workdir"
             )
         log.info("resuming from step %d: stage %d, %d steps done", latest, start_stage, start_done)
+        progress.note_step(latest)
 
     # ---- model ---------------------------------------------------------------
     model = build_model(config.model, plans[start_stage].num_classes, seed=config.seed)
@@ -254,9 +262,18 @@ def _train_stages(run: _Run) -> TrainResult:
         )
         last_t, last_step = time.perf_counter(), done
         stage_t0 = last_t
+        watchdog.pause()  # the stage's first step compiles
+        previous = None
         for step in range(done, plan.steps):
             batch = _to_global(next(batches), mesh)
             state, metrics = step_fn(state, batch, margins)
+            if previous is not None:
+                # One step in flight: the watchdog hears of each step when it has
+                # finished, while the next one is already queued.
+                jax.block_until_ready(previous)
+                progress.note_step(plan.first_step + step)
+                watchdog.step_done()
+            previous = metrics
             steps_run += 1
             step_done = step + 1
             preempted = preemption.requested(step_done)
@@ -292,6 +309,7 @@ def _train_stages(run: _Run) -> TrainResult:
             bar.update(1)
             if save_now:
                 _save(ckpt, plan, step_done, state, config)
+            faults.after_step(plan.first_step + step_done, ckpt.wait)
             if preempted:
                 bar.close()
                 raise TrainingPreempted(
@@ -301,6 +319,8 @@ def _train_stages(run: _Run) -> TrainResult:
             if stop_now:
                 break
         bar.close()
+        watchdog.pause()  # validation and the next stage's compile are not steps
+        progress.note_step(plan.first_step + step_done)
         t_train += time.perf_counter() - stage_t0
         update_model(model, *jax.device_get((eval_params(state), state.batch_stats)))
         if step_done < plan.steps:  # stopped early on request

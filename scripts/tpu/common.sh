@@ -26,6 +26,7 @@
 #                      default --ssh-flag=-oServerAliveInterval=60
 #   CREATE_FLAGS       extra flags for create (e.g. "--network=n --subnetwork=s")
 #   MAX_RETRIES        recoveries (recreate / re-attach) per job       default 5
+#   MAX_SAME_HOST      runs in a row that lose the same host before giving up  default 3
 #   RETRY_SLEEP_S      pause before a recovery                         default 60
 #   POLL_S             local polling interval while a slice starts     default 30
 #   WAIT_TIMEOUT_S     give up waiting for READY       default 3600 (queued: 86400)
@@ -45,7 +46,7 @@ PROG=$(basename "$0")
 : "${REPO_URL:=}" "${REPO_REF:=}" "${REMOTE_DIR:=gld-jax}" "${REMOTE_PYTHON:=python3.11}"
 : "${JAX_VERSION:=}" "${CREATE_FLAGS:=}"
 : "${SSH_FLAGS=--ssh-flag=-oServerAliveInterval=60}"
-: "${MAX_RETRIES:=5}" "${RETRY_SLEEP_S:=60}" "${POLL_S:=30}" "${WAIT_TIMEOUT_S:=}"
+: "${MAX_RETRIES:=5}" "${RETRY_SLEEP_S:=60}" "${POLL_S:=30}" "${WAIT_TIMEOUT_S:=}" "${MAX_SAME_HOST:=3}"
 : "${REMOTE_POLL_S:=30}" "${GCLOUD:=gcloud}" "${DRY_RUN_STATE:=ABSENT}"
 
 LIBTPU_INDEX=https://storage.googleapis.com/jax-releases/libtpu_releases.html
@@ -161,6 +162,7 @@ check_common() {
   fi
   is_uint "$MAX_RETRIES" || usage_error "--max_retries must be a whole number, got '$MAX_RETRIES'"
   is_uint "$RETRY_SLEEP_S" || usage_error "--retry_sleep must be whole seconds, got '$RETRY_SLEEP_S'"
+  is_uint "$MAX_SAME_HOST" || usage_error "MAX_SAME_HOST must be a whole number, got '$MAX_SAME_HOST'"
   : "${QUEUED_RESOURCE_ID:=${TPU_NAME}-qr}"
   if [[ -z $WAIT_TIMEOUT_S ]]; then
     if is_true "$QUEUED"; then WAIT_TIMEOUT_S=86400; else WAIT_TIMEOUT_S=3600; fi
@@ -191,7 +193,8 @@ check_bucket() {
 export_common() {
   export TPU_NAME ZONE PROJECT ACCELERATOR_TYPE RUNTIME_VERSION BUCKET SPOT QUEUED \
     QUEUED_RESOURCE_ID DRY_RUN REPO_URL REPO_REF REMOTE_DIR REMOTE_PYTHON JAX_VERSION \
-    SSH_FLAGS CREATE_FLAGS MAX_RETRIES RETRY_SLEEP_S POLL_S WAIT_TIMEOUT_S REMOTE_POLL_S GCLOUD
+    SSH_FLAGS CREATE_FLAGS MAX_RETRIES RETRY_SLEEP_S POLL_S WAIT_TIMEOUT_S REMOTE_POLL_S GCLOUD \
+    MAX_SAME_HOST
 }
 
 # --- the slice ------------------------------------------------------------------
@@ -485,26 +488,74 @@ run_job() {
   return "$rc"
 }
 
+# stop_line_script JOB: print the last line of JOB's log on this worker that says
+# why the run stopped ("lost host: ...", "stalled: ...", "preempted: ...").
+stop_line_script() {
+  local job=$1
+  printf '%s' ": gld-jax reason $job; cd $(shquote "$REMOTE_DIR") || exit 0;"
+  printf '%s' " grep -a -h -E '^(lost host|stalled|preempted): ' logs/$job.log 2>/dev/null | tail -n 1"
+}
+
+# end_job_script JOB: end what is left of JOB on this worker (a process that
+# hung, a stopped one, the coordination service): its whole process group.
+end_job_script() {
+  local job=$1 alive
+  alive=${ALIVE_TEST//JOB/$job}
+  printf '%s' ": gld-jax end $job; cd $(shquote "$REMOTE_DIR") || exit 0;"
+  printf '%s' " if [ -f logs/$job.pid ] && $alive; then"
+  printf '%s' " kill -TERM -- -\"\$pid\" 2>/dev/null; sleep 5; kill -KILL -- -\"\$pid\" 2>/dev/null;"
+  printf '%s' " echo \"$job: ended what was left on \$(hostname)\"; fi; true"
+}
+
+# stop_reason JOB: the reason the run of JOB gave for stopping (one line, from
+# the workers' logs), empty when there is none.
+stop_reason() {
+  local out line
+  is_true "$DRY_RUN" && return 0
+  out=$(query_cmd "$GCLOUD" compute tpus tpu-vm ssh "$TPU_NAME" "${LOC_FLAGS[@]}" \
+    --worker=all ${SSH_EXTRA[@]+"${SSH_EXTRA[@]}"} --command "$(stop_line_script "$1")" \
+    2>/dev/null) || true
+  # the survivors' line names the lost host; prefer it to the others
+  line=$(grep -m 1 '^lost host: ' <<<"$out" || grep -m 1 -E '^(stalled|preempted): ' <<<"$out" || true)
+  printf '%s' "$line"
+}
+
+# lost_host LINE: "process N (HOST)" from a "lost host: process N (HOST) ..." line.
+lost_host() {
+  if [[ $1 =~ ^lost\ host:\ (process\ [0-9]+\ \([^\)]*\)) ]]; then
+    printf '%s' "${BASH_REMATCH[1]}"
+  fi
+}
+
 # --- preemption-safe runs ---------------------------------------------------------
 
 # Exit statuses of gld_jax.main (and of a job):
 EXIT_USAGE=2      # usage or config error: not retried
 EXIT_DIVERGED=3   # training diverged: not retried
-EXIT_PREEMPTED=75 # SIGTERM, checkpoint saved: rerun resumes
+EXIT_PREEMPTED=75 # preempted, a lost host, a stalled step: rerun resumes
 EXIT_SSH=255      # ssh could not connect or lost the connection
 
 # run_with_recovery JOB WORKER ENV COMMAND: run_job on a READY slice. When the
-# slice is gone or not READY after a failure, or the job exited 75, the slice
-# is deleted and created again, set up, and the job started again (it resumes
-# from its last checkpoint). The first ssh failure on a READY slice re-attaches
-# to the still-running job instead (a second one since the slice was created
-# recreates it: a worker may be unreachable). Exit statuses 2 and 3, and any
-# other failure on a READY slice, end it. At most MAX_RETRIES recoveries. Set
-# NEED_SETUP=1 to run setup before the first start.
+# slice is gone or not READY after a failure, or the job was preempted (exit
+# 75), the slice is deleted and created again, set up, and the job started
+# again (it resumes from its last checkpoint). When the run stopped on a lost
+# host or a stalled step (exit 75 with "lost host:" or "stalled:"), what is left
+# of the job is ended on every worker and the job restarts on the same slice;
+# a worker that does not answer gets the slice recreated. A run that loses the
+# same host MAX_SAME_HOST times in a row stops with one line naming it. The
+# first ssh failure on a READY slice re-attaches to the still-running job
+# instead (a second one since the slice was created recreates it: a worker may
+# be unreachable). Exit statuses 2 and 3, and any other failure on a READY
+# slice, end it. At most MAX_RETRIES recoveries, each logged with its reason.
+# Set NEED_SETUP=1 to run setup before the first start.
+# RECOVERY_STOP says why run_with_recovery gave up early (the same host lost
+# again and again), for the caller's last line.
 NEED_SETUP=1
+# shellcheck disable=SC2034 # read by the sourcing script
+RECOVERY_STOP=""
 run_with_recovery() {
   local job=$1 worker=$2 env=$3 cmd=$4
-  local retries=0 force=0 rc state reason ssh_failed=0
+  local retries=0 force=0 rc state reason ssh_failed=0 why host last_host="" same_host=0
   while :; do
     rc=0
     reason=""
@@ -530,13 +581,31 @@ run_with_recovery() {
       esac
       is_true "$DRY_RUN" && return "$rc"
       state=$(slice_state)
+      why=""
+      if [[ $state == READY && $rc == "$EXIT_PREEMPTED" ]]; then why=$(stop_reason "$job"); fi
+      host=$(lost_host "$why")
+      if [[ -n $host && $host == "$last_host" ]]; then same_host=$((same_host + 1)); else same_host=1; fi
+      last_host=$host
+      if [[ -n $host ]] && ((same_host >= MAX_SAME_HOST)); then
+        # shellcheck disable=SC2034 # read by the sourcing script
+        RECOVERY_STOP="lost $host in $same_host runs in a row; stopping"
+        return "$rc"
+      fi
       if [[ $state == READY && $rc == "$EXIT_SSH" && $ssh_failed == 0 ]]; then
         ssh_failed=1
         reason="ssh failed (exit $rc) on a READY slice: re-attaching"
+      elif [[ $state == READY && ($why == "lost host: "* || $why == "stalled: "*) ]]; then
+        ssh_failed=0
+        if tpu_ssh all "$(end_job_script "$job")"; then
+          reason="exit $rc ($why): every worker answers, restarting on this slice"
+        else
+          force=1
+          reason="exit $rc ($why): a worker does not answer, recreating the slice"
+        fi
       elif [[ $state != READY || $rc == "$EXIT_PREEMPTED" || $rc == "$EXIT_SSH" ]]; then
         ssh_failed=0
         force=1
-        reason="exit $rc, slice $state: recreating the slice"
+        reason="exit $rc${why:+ ($why)}, slice $state: recreating the slice"
       else
         log "$job: exit $rc on a READY slice, not retried (see: pod.sh logs --job $job)"
         return "$rc"

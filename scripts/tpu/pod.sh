@@ -110,7 +110,10 @@ case $SUBCMD in
       log "$JOB started; follow it with: $PROG logs --job $JOB --follow"
     elif ((RECOVER)); then
       NEED_SETUP=0
-      run_with_recovery "$JOB" "$WORKER" "$env" "$cmd"
+      rc=0
+      run_with_recovery "$JOB" "$WORKER" "$env" "$cmd" || rc=$?
+      if [[ -n $RECOVERY_STOP ]]; then log "error: $JOB: $RECOVERY_STOP"; fi
+      exit "$rc"
     else
       run_job "$JOB" "$WORKER" "$env" "$cmd"
     fi

@@ -3,7 +3,9 @@
 # the slice is created if missing, set up, and the run started on every
 # worker; when the slice is preempted or gone, or the run exits 75, the slice is
 # recreated and set up again and the same command resumes from the last
-# checkpoint in the gs:// workdir (at most --max_retries times).
+# checkpoint in the gs:// workdir (at most --max_retries times). A run that
+# stopped on a lost host or a stalled step restarts on the same slice when every
+# worker answers (common.sh: run_with_recovery).
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -38,7 +40,8 @@ options (slice options also as environment variables in capitals):
   --dry_run              print the commands, run none
 
 Exit status: the run's (0 ok, 2 usage/config error, 3 diverged: neither is
-retried), 75 when still preempted after the last retry, 1 when no slice.
+retried), 75 when still preempted (or losing a host) after the last retry, or
+when the same host was lost MAX_SAME_HOST (3) runs in a row; 1 when no slice.
 EOF
 }
 
@@ -105,7 +108,7 @@ if ((SKIP_SETUP)); then NEED_SETUP=0; else NEED_SETUP=1; fi
 rc=0
 run_with_recovery "$JOB" all "GLD_JAX_DISTRIBUTED=1" "$(join_cmd "${CMD[@]}")" || rc=$?
 if ((rc != 0)); then
-  log "$JOB failed (exit $rc); the slice $TPU_NAME is kept for inspection: pod.sh logs --job $JOB, pod.sh delete"
+  log "${RECOVERY_STOP:+error: }$JOB failed (exit $rc)${RECOVERY_STOP:+: $RECOVERY_STOP}; the slice $TPU_NAME is kept for inspection: pod.sh logs --job $JOB, pod.sh delete"
   exit "$rc"
 fi
 log "$JOB: finished; workdir $WORKDIR"
