@@ -70,8 +70,12 @@ def _stage_figures(config, plan: StagePlan, mesh) -> tuple[aot.CompiledFigures, 
     with tracing_for("tpu"):
         lowered = stage.step.lower(_abstract(stage.state, stage.shardings), batch, margins)
     compiled, figures = aot.compile_figures(lowered, loop_trips=stage.accumulate_steps)
-    top = traffic.top_traffic(traffic.hlo_traffic(compiled.as_text()), TOP_TRAFFIC)
-    return figures, stage.accumulate_steps, top
+    ops = traffic.hlo_traffic(compiled.as_text())
+    where = {
+        "top_traffic": traffic.top_traffic(ops, TOP_TRAFFIC),
+        "tile_padding_gb": traffic.tile_padding_bytes(ops) / 1e9,
+    }
+    return figures, stage.accumulate_steps, where
 
 
 def _embed_figures(config, plan: StagePlan, mesh, global_batch: int) -> aot.CompiledFigures:
@@ -155,11 +159,10 @@ def compile_plan(
     stages = []
     for plan in plans:
         log.info("compiling stage %d (%d px) for %s", plan.index, plan.image_size, topology)
-        figures, accumulate, top = _stage_figures(config, plan, mesh)
+        figures, accumulate, where = _stage_figures(config, plan, mesh)
         _release_compiler_memory()
         micro = plan.batch_size // (num_devices * accumulate)
-        entry = figures_dict(figures, target)
-        entry["top_traffic"] = top
+        entry = figures_dict(figures, target) | where
         entry["largest_batch_per_device"] = largest_batch(figures, micro, target.memory_bytes)
         entry["step_hours"] = entry["roofline_seconds"] * plan.steps / 3600
         stages.append(entry)

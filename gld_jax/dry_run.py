@@ -562,7 +562,7 @@ def _format_compiled(r: dict) -> list[str]:
         "extrapolated; roofline = max(FLOPs / peak FLOP/s, bytes / HBM bandwidth), a lower "
         "bound on the step):",
         f"{'stage':>5} {'px':>5} {'/dev':>5} {'acc':>3} {'args':>6} {'temp':>6} {'peak':>6} "
-        f"{'est':>6} {'of':>5} {'max/dev':>7} {'TFLOP':>7} {'GB':>7} {'floor':>6} "
+        f"{'est':>6} {'of':>5} {'max/dev':>7} {'TFLOP':>7} {'GB':>7} {'pad':>5} {'floor':>6} "
         f"{'x':>5} {'roofline':>9} {'hours':>6} {'compile':>8}",
     ]
     for s in r["stages"]:
@@ -572,7 +572,8 @@ def _format_compiled(r: dict) -> list[str]:
             f"{s['accumulate_steps']:>3} {c['argument_gib']:>6.2f} {c['temp_gib']:>6.2f} "
             f"{c['peak_gib']:>6.2f} {s['memory_gib_per_device']['total']:>6.2f} "
             f"{s['memory_gib_per_device']['usable']:>5.1f} {c['largest_batch_per_device']:>7} "
-            f"{c['tflops']:>7.2f} {c['gb_accessed']:>7.1f} {s['traffic_floor_gb']:>6.1f} "
+            f"{c['tflops']:>7.2f} {c['gb_accessed']:>7.1f} {c.get('tile_padding_gb', 0):>5.1f} "
+            f"{s['traffic_floor_gb']:>6.1f} "
             f"{c['gb_accessed'] / s['traffic_floor_gb']:>5.1f} "
             f"{c['roofline_seconds'] * 1e3:>7.0f}ms "
             f"{c['step_hours']:>6.2f} {c['compile_seconds']:>7.0f}s"
@@ -582,13 +583,14 @@ def _format_compiled(r: dict) -> list[str]:
     lines.append(
         f"embed {e['image_size']:>5} {e['global_batch'] // r['num_devices']:>5} {1:>3} "
         f"{e['argument_gib']:>6.2f} {e['temp_gib']:>6.2f} {e['peak_gib']:>6.2f} {'':>6} "
-        f"{'':>5} {'':>7} {e['tflops']:>7.2f} {e['gb_accessed']:>7.1f} {'':>6} {'':>5} "
+        f"{'':>5} {'':>7} {e['tflops']:>7.2f} {e['gb_accessed']:>7.1f} {'':>5} {'':>6} {'':>5} "
         f"{e['roofline_seconds'] * 1e3:>7.0f}ms {'':>6} {e['compile_seconds']:>7.0f}s"
         f"{'' if e['fits'] else '  DOES NOT FIT'}"
     )
     lines.append(
-        "(GB = XLA's bytes accessed per device per step; floor = the traffic floor above; "
-        "x = GB / floor, the distance to the limit)"
+        "(GB = XLA's bytes accessed per device per step; pad = the part of it that is tile "
+        "padding, dimensions rounded up to the TPU's 8 x 128 tiles; floor = the traffic "
+        "floor above; x = GB / floor, the distance to the limit)"
     )
     for s in r["stages"]:
         top = s["compiled"].get("top_traffic", [])

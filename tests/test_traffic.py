@@ -7,7 +7,13 @@ import jax.numpy as jnp
 import pytest
 
 from gld_jax.train.costs import residual_bytes
-from gld_jax.train.traffic import hlo_traffic, top_traffic, traffic_by_layer, traffic_floor
+from gld_jax.train.traffic import (
+    hlo_traffic,
+    tile_padding_bytes,
+    top_traffic,
+    traffic_by_layer,
+    traffic_floor,
+)
 
 B, DIN, H, DOUT = 8, 5, 7, 3
 
@@ -77,7 +83,7 @@ HloModule step
 ENTRY %main (x: bf16[4,8,8,16], w: f32[16,16]) -> bf16[4,8,8,16] {
   %x = bf16[4,8,8,16]{3,2,1,0} parameter(0)
   %w = f32[16,16]{1,0} parameter(1)
-  %f = bf16[4,8,8,16]{3,2,1,0} fusion(%x), kind=kLoop, calls=%fused_computation, metadata={op_name="jit(step)/jvp(block2a)/dwconv/neg"}
+  %f = bf16[4,8,8,16]{3,2,1,0:T(8,128)(2,1)} fusion(%x), kind=kLoop, calls=%fused_computation, metadata={op_name="jit(step)/jvp(block2a)/dwconv/neg"}
   %g = bf16[4,8,8,16]{3,2,1,0} fusion(%f), kind=kLoop, calls=%fused_computation, metadata={op_name="jit(step)/transpose(jvp(block2a))/dwconv/neg"}
   %l = (s32[], f32[16,16]{1,0}) while(%init), condition=%cond, body=%body, backend_config={"known_trip_count":{"n":"3"}}
   ROOT %r = bf16[4,8,8,16]{3,2,1,0} copy(%g)
@@ -89,15 +95,21 @@ def test_compiled_traffic_is_counted_per_instruction_with_its_layer():
     """By hand: an activation [4, 8, 8, 16] bf16 is 8,192 bytes; each fusion
     reads one and writes one (16,384); the copy the same; the loop body's add
     reads two [16, 16] f32 and writes one (3,072 bytes) three times (its trip
-    count); parameters, tuples and the fused computation's own ops move nothing."""
+    count); parameters, tuples and the fused computation's own ops move nothing.
+    %f's result is laid out in TPU tiles of 8 x 128 on its two minor dimensions
+    (channels 16 -> 128 lanes, 8 rows): 4 x 8 x 8 x 128 x 2 = 65,536 bytes in
+    tiles, which %f writes and %g reads."""
     ops = {o.name: o for o in hlo_traffic(HLO)}
     assert set(ops) == {"f", "g", "r", "u"}
-    assert (ops["f"].bytes, ops["g"].bytes, ops["r"].bytes) == (16_384, 16_384, 16_384)
+    assert (ops["f"].logical_bytes, ops["g"].logical_bytes) == (16_384, 16_384)
+    assert (ops["f"].bytes, ops["g"].bytes) == (65_536 + 8_192, 65_536 + 8_192)
+    assert ops["r"].bytes == ops["r"].logical_bytes == 16_384
     assert ops["u"].bytes == 3 * 3_072
+    assert tile_padding_bytes(list(ops.values())) == 2 * (65_536 - 8_192)
     assert (ops["f"].layer, ops["f"].backward) == ("block2a/dwconv", False)
     assert (ops["g"].layer, ops["g"].backward) == ("block2a/dwconv", True)
     assert ops["u"].layer == "optimizer"
-    assert traffic_by_layer(list(ops.values()))["block2a"] == 32_768
+    assert traffic_by_layer(list(ops.values()))["block2a"] == 2 * 73_728
     top = top_traffic(list(ops.values()), 2)
-    assert [t["gb"] for t in top] == [16_384 / 1e9] * 2
+    assert [t["gb"] for t in top] == [73_728 / 1e9] * 2
     assert top_traffic([ops["u"]], 1)[0]["pass"] == "update"

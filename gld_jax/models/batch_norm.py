@@ -1,5 +1,6 @@
 """BatchNorm for the backbones: flax's, with a hand-written train-mode forward and
-gradient on XLA:CPU (float32, two-pass variance), and the one factory both
+gradient (statistics in float32, closed-form backward) on the backends where it
+was measured to move fewer bytes or run faster, and the one factory both
 backbones build it with (`batch_norm`)."""
 
 from __future__ import annotations
@@ -90,11 +91,13 @@ class BatchNorm(nnx.BatchNorm):
     hand_written_grad: bool = True
     # Where the hand-written forward and gradient replace flax's: where they
     # were measured to pay. XLA:CPU; XLA:GPU (bfloat16 B0 step on an H200:
-    # 6,241 against 5,046 images/s with flax's, BENCHMARKS.md). TPUs keep
-    # flax's form until XLA:TPU's compiled bytes say otherwise.
-    fused_backends: tuple[str, ...] = ("cpu", "gpu")
-    # Batch statistics in one read of x (E[x^2] - E[x]^2) instead of two.
-    one_pass_stats: bool = False
+    # 6,241 against 5,046 images/s with flax's); XLA:TPU (effb3 on a v3-32,
+    # compiled: 10.3 -> 9.4 GB per step at 256 px, BENCHMARKS.md).
+    fused_backends: tuple[str, ...] = ("cpu", "gpu", "tpu")
+    # Where the batch statistics take one read of x (E[x^2] - E[x]^2 in float32)
+    # instead of two: XLA:TPU (9.4 -> 9.1 GB at 256 px, 18.96 -> 17.0 GB at
+    # 544 px). Elsewhere the two-pass form, whose numbers the demo's records are.
+    one_pass_backends: tuple[str, ...] = ("tpu",)
 
     def __init__(self, *args, hand_written_grad: bool | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -121,9 +124,8 @@ class BatchNorm(nnx.BatchNorm):
         )
         if not fast:
             return super().__call__(x, use_running_average, mask=mask)
-        y, mean, var = _bn_train(
-            x, self.scale[...], self.bias[...], self.epsilon, self.one_pass_stats
-        )
+        one_pass = trace_backend() in self.one_pass_backends
+        y, mean, var = _bn_train(x, self.scale[...], self.bias[...], self.epsilon, one_pass)
         m = self.momentum
         self.mean[...] = lax.stop_gradient(m * self.mean[...] + (1 - m) * mean)
         self.var[...] = lax.stop_gradient(m * self.var[...] + (1 - m) * var)

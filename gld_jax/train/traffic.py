@@ -29,6 +29,7 @@ __all__ = [
     "OpTraffic",
     "TrafficFloor",
     "hlo_traffic",
+    "tile_padding_bytes",
     "top_traffic",
     "traffic_by_layer",
     "traffic_floor",
@@ -98,7 +99,9 @@ _ITEMSIZE = {
     "f64": 8,
     "c64": 8,
 }
-_ARRAY = re.compile(r"\b(pred|[su](?:8|16|32|64)|bf16|f16|f32|f64|c64)\[([\d,]*)\]")
+_ARRAY = re.compile(
+    r"\b(pred|[su](?:8|16|32|64)|bf16|f16|f32|f64|c64)\[([\d,]*)\](\{[\d,]*(?::T\((\d+),(\d+)\))?)?"
+)
 _INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.+?)\s+([\w\-]+)\((.*)$")
 _COMP = re.compile(r"^\s*(?:ENTRY\s+)?%?([\w.\-]+)\s*(?:\(.*\))?\s*->.*\{\s*$")
 # Instructions that move no data of their own.
@@ -119,14 +122,27 @@ _FREE = {
 _SCOPE_WRAPPERS = re.compile(r"^(?:jvp|transpose|remat|checkpoint|vmap|pjit|jit)\((.*)\)$")
 
 
-def _bytes(shape_text: str) -> int:
-    total = 0
-    for dtype, dims in _ARRAY.findall(shape_text):
-        n = 1
-        for d in filter(None, dims.split(",")):
-            n *= int(d)
-        total += n * _ITEMSIZE[dtype]
-    return total
+def _bytes(shape_text: str) -> tuple[int, int]:
+    """(logical bytes, bytes in the layout's tiles) of a shape as HLO prints it,
+    e.g. "bf16[4,272,272,144]{3,0,2,1:T(4,128)(2,1)}": a TPU tiles the two most
+    minor dimensions (here 4 x 128), so 144 channels take 256 lanes. XLA:TPU's
+    "bytes accessed" counts the tiles."""
+    logical = tiled = 0
+    for dtype, dims, layout, rows, lanes in _ARRAY.findall(shape_text):
+        shape = [int(d) for d in dims.split(",") if d]
+        padded = list(shape)
+        order = [int(d) for d in layout[1:].split(":")[0].split(",") if d] if layout else []
+        if rows and order and len(shape) >= 2:
+            minor, second = order[0], order[1]
+            padded[minor] = -(-padded[minor] // int(lanes)) * int(lanes)
+            padded[second] = -(-padded[second] // int(rows)) * int(rows)
+        elif rows and shape:
+            padded[0] = -(-padded[0] // int(rows)) * int(rows)
+        n = t = _ITEMSIZE[dtype]
+        for a, b in zip(shape, padded, strict=True):
+            n, t = n * a, t * b
+        logical, tiled = logical + n, tiled + t
+    return logical, tiled
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,7 +152,8 @@ class OpTraffic:
 
     name: str
     opcode: str
-    bytes: int
+    bytes: int  # in the layout's tiles, as XLA counts them
+    logical_bytes: int  # the arrays' own sizes, without tile padding
     layer: str  # the named scopes of its op_name, e.g. "block3b/dwconv"
     backward: bool  # from the gradient (a transpose of the forward)
 
@@ -157,8 +174,9 @@ def _layer(op_name: str) -> tuple[str, bool]:
 
 def hlo_traffic(hlo_text: str) -> list[OpTraffic]:
     """Every data-moving instruction of a compiled HLO module (`compiled.as_text()`)
-    outside fused computations, with bytes = operands + result (XLA's own way
-    of counting a fusion's traffic), multiplied by the known trip count of the
+    outside fused computations, with bytes = operands + result in their layouts'
+    tiles (XLA's own way of counting a fusion's traffic: on a TPU program these
+    sum to XLA's "bytes accessed"), multiplied by the known trip count of the
     loop it runs in (gradient accumulation)."""
     computations: dict[str, list[tuple[str, str, str, str]]] = {}
     current = None
@@ -195,10 +213,11 @@ def hlo_traffic(hlo_text: str) -> list[OpTraffic]:
                 continue
             args = rest.split(")", 1)[0]
             operands = re.findall(r"%([\w.\-]+)", args)
-            size = _bytes(shape) + sum(_bytes(shapes.get(o, "")) for o in operands)
+            sizes = [_bytes(shape), *(_bytes(shapes.get(o, "")) for o in operands)]
+            logical, tiled = (sum(x) * repeat for x in zip(*sizes, strict=True))
             meta = re.search(r'op_name="([^"]*)"', rest)
             layer, backward = _layer(meta.group(1) if meta else "")
-            out.append(OpTraffic(name, opcode, size * repeat, layer, backward))
+            out.append(OpTraffic(name, opcode, tiled, logical, layer, backward))
     return out
 
 
@@ -222,6 +241,13 @@ def top_traffic(ops: list[OpTraffic], n: int = 8) -> list[dict]:
         }
         for o in ranked
     ]
+
+
+def tile_padding_bytes(ops: list[OpTraffic]) -> int:
+    """Bytes of the traffic that are tile padding: dimensions rounded up to the
+    layout's tiles (a TPU's 128 lanes hold 40, 80 or 144 channels as 128, 128
+    and 256)."""
+    return sum(o.bytes - o.logical_bytes for o in ops)
 
 
 def traffic_by_layer(ops: list[OpTraffic]) -> dict[str, float]:

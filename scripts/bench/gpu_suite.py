@@ -89,7 +89,9 @@ def job_train_ours(a) -> dict:
         batch_norm.BatchNorm.fused_backends = ("cpu",) if jax.default_backend() != "cpu" else ()
     elif a.bn in ("fused", "fused_one_pass"):
         batch_norm.BatchNorm.fused_backends = ("cpu", "gpu", "tpu")
-        batch_norm.BatchNorm.one_pass_stats = a.bn == "fused_one_pass"
+        batch_norm.BatchNorm.one_pass_backends = (
+            ("cpu", "gpu", "tpu") if a.bn == "fused_one_pass" else ()
+        )
     args = argparse.Namespace(
         model=a.model,
         image_size=a.size,
