@@ -68,11 +68,6 @@ def test_floor_of_a_two_layer_model_equals_the_hand_count(dtype, itemsize):
 HLO = """\
 HloModule step
 
-%fused_computation (p0: bf16[4,8,8,16]) -> bf16[4,8,8,16] {
-  %p0 = bf16[4,8,8,16]{3,2,1,0} parameter(0)
-  ROOT %n = bf16[4,8,8,16]{3,2,1,0} negate(%p0)
-}
-
 %body (arg: (s32[], f32[16,16])) -> (s32[], f32[16,16]) {
   %arg = (s32[], f32[16,16]{1,0}) parameter(0)
   %w = f32[16,16]{1,0} get-tuple-element(%arg), index=1
@@ -80,7 +75,12 @@ HloModule step
   ROOT %t = (s32[], f32[16,16]{1,0}) tuple(%i, %u)
 }
 
-ENTRY %main (x: bf16[4,8,8,16], w: f32[16,16]) -> bf16[4,8,8,16] {
+%fused_computation (p0: bf16[4,8,8,16]) -> bf16[4,8,8,16] {
+  %p0 = bf16[4,8,8,16]{3,2,1,0} parameter(0)
+  ROOT %n = bf16[4,8,8,16]{3,2,1,0} negate(%p0)
+}
+
+ENTRY %main (x: bf16[4,8,8,16], w: f32[16,16], /*index=2*/a: f32[], b: f32[]) -> bf16[4,8,8,16] {
   %x = bf16[4,8,8,16]{3,2,1,0} parameter(0)
   %w = f32[16,16]{1,0} parameter(1)
   %f = bf16[4,8,8,16]{3,2,1,0:T(8,128)(2,1)} fusion(%x), kind=kLoop, calls=%fused_computation, metadata={op_name="jit(step)/jvp(block2a)/dwconv/neg"}

@@ -103,7 +103,10 @@ _ARRAY = re.compile(
     r"\b(pred|[su](?:8|16|32|64)|bf16|f16|f32|f64|c64)\[([\d,]*)\](\{[\d,]*(?::T\((\d+),(\d+)\))?)?"
 )
 _INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.+?)\s+([\w\-]+)\((.*)$")
-_COMP = re.compile(r"^\s*(?:ENTRY\s+)?%?([\w.\-]+)\s*(?:\(.*\))?\s*->.*\{\s*$")
+# A computation's header: "%name (params...) -> shape {" or "ENTRY %name (...) ...";
+# its parameter list may hold "/*index=5*/" comments, so no "=" test tells it
+# from an instruction: an instruction has " = " right after its name.
+_COMP = re.compile(r"^\s*(?:ENTRY\s+)?%?([\w.\-]+)\s*\(.*\{\s*$")
 # Instructions that move no data of their own.
 _FREE = {
     "parameter",
@@ -182,7 +185,7 @@ def hlo_traffic(hlo_text: str) -> list[OpTraffic]:
     current = None
     for line in hlo_text.splitlines():
         m = _COMP.match(line)
-        if m and "=" not in line.split("->")[0]:
+        if m and not _INSTR.match(line):
             current = m.group(1)
             computations[current] = []
             continue
