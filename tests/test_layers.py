@@ -226,28 +226,3 @@ def test_batch_stat_and_drop_path_updates_never_walk_the_trace(monkeypatch):
         nnx.reseed(dp, dropout=seed)
         masks.append(np.asarray(drop(dp, jnp.ones((64, 1)))))
     assert np.array_equal(masks[0], masks[2]) and not np.array_equal(masks[0], masks[1])
-
-
-def test_a_stem_traced_for_a_tpu_is_the_same_convolution_as_space_to_depth():
-    """On a TPU a 3x3 stride-2 "SAME" stem convolves 2x2 pixel blocks (12
-    channels instead of 3) with the kernel padded to 4x4: the same outputs and
-    gradients as the plain convolution, computed here on the CPU."""
-    from gld_jax.models.conv import tracing_for
-
-    rng = np.random.default_rng(3)
-    conv = Conv2d(3, 8, 3, strides=2, rngs=nnx.Rngs(0))
-    x = jnp.asarray(rng.normal(size=(2, 16, 12, 3)), jnp.float32)
-
-    graphdef, params = nnx.split(conv)
-
-    def loss(params, x):
-        return jnp.sum(nnx.merge(graphdef, params)(x) ** 2)
-
-    plain = jax.value_and_grad(loss, (0, 1))(params, x)
-    with tracing_for("tpu"):
-        assert conv._space_to_depth(x)
-        blocks = jax.value_and_grad(loss, (0, 1))(params, x)
-        assert not conv._space_to_depth(x[:, :15])  # an odd size keeps the plain form
-    np.testing.assert_allclose(blocks[0], plain[0], rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(blocks[1]), jax.tree.leaves(plain[1]), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.abs(b).max()))

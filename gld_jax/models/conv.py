@@ -397,33 +397,6 @@ def conv_kernel_init(groups: int = 1) -> Initializer:
     return init
 
 
-def space_to_depth_conv(x: jax.Array, kernel: jax.Array, *, impl: ConvImpl = "auto") -> jax.Array:
-    """A 3x3, stride-2, "SAME" convolution of an even-sized image as a 2x2,
-    stride-1 convolution of its 2x2 pixel blocks ("space to depth"), the
-    kernel zero-padded to 4x4 and split the same way: the same sums, over 4C
-    channels at half the size. On a TPU, whose tiles hold 128 channels, a
-    3-channel image takes 128 lanes per pixel; as 12-channel blocks it takes a
-    quarter as many tiles, in the forward and the backward.
-
-    Args:
-      x: [N, H, W, C], H and W even.
-      kernel: [3, 3, C, Cout].
-
-    Returns:
-      [N, H/2, W/2, Cout], equal to `conv2d(x, kernel, strides=2, padding="SAME")`.
-    """
-    n, h, w, c = x.shape
-    if kernel.shape[:3] != (3, 3, c) or h % 2 or w % 2:
-        raise ValueError(f"space_to_depth_conv: need a 3x3 kernel and even sizes, got {x.shape}")
-    cout = kernel.shape[3]
-    blocks = x.reshape(n, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 2, 4, 5)
-    blocks = blocks.reshape(n, h // 2, w // 2, 4 * c)  # channel (p, q, c): pixel (2i+p, 2j+q)
-    k4 = jnp.pad(kernel, ((0, 1), (0, 1), (0, 0), (0, 0)))  # tap 3 of each axis is zero
-    k2 = k4.reshape(2, 2, 2, 2, c, cout).transpose(0, 2, 1, 3, 4, 5).reshape(2, 2, 4 * c, cout)
-    # SAME for an even size, k 3, stride 2 pads one pixel after: one block after here.
-    return conv2d(blocks, k2, strides=1, padding=((0, 1), (0, 1)), impl=impl)
-
-
 class Conv2d(nnx.Module):
     """2-D convolution with params ``kernel`` [kh, kw, Cin/groups, Cout] (+ ``bias`` [Cout]).
 
@@ -465,36 +438,17 @@ class Conv2d(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """[N, H, W, Cin] -> [N, Ho, Wo, Cout] in ``dtype``."""
-        if self._space_to_depth(x):
-            y = space_to_depth_conv(
-                x.astype(self.dtype), self.kernel[...].astype(self.dtype), impl=self.impl
-            )
-        else:
-            y = conv2d(
-                x.astype(self.dtype),
-                self.kernel[...].astype(self.dtype),
-                strides=self.strides,
-                padding=self.padding,
-                feature_group_count=self.groups,
-                impl=self.impl,
-            )
+        y = conv2d(
+            x.astype(self.dtype),
+            self.kernel[...].astype(self.dtype),
+            strides=self.strides,
+            padding=self.padding,
+            feature_group_count=self.groups,
+            impl=self.impl,
+        )
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y
-
-    def _space_to_depth(self, x: jax.Array) -> bool:
-        # A stem (3x3, stride 2, "SAME", a few input channels) on a TPU: as 2x2
-        # pixel blocks it fills 4x fewer 128-lane tiles (space_to_depth_conv).
-        return (
-            trace_backend() == "tpu"
-            and self.kernel_size == (3, 3)
-            and self.strides == (2, 2)
-            and self.padding == "SAME"
-            and self.groups == 1
-            and self.in_features <= 8
-            and x.shape[1] % 2 == 0
-            and x.shape[2] % 2 == 0
-        )
 
 
 class DepthwiseConv2d(Conv2d):
