@@ -106,8 +106,10 @@ def job_train_ours(a) -> dict:
     compile_s = time.perf_counter() - t
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    losses = []  # kept on the device, read after timing: where a loss turns non-finite
     for _ in range(a.warmup):
         state, metrics = compiled(state, batch, margins)
+        losses.append(metrics["loss"])
     jax.block_until_ready(metrics)
     with timed_phase():
         times = []
@@ -116,6 +118,8 @@ def job_train_ours(a) -> dict:
             state, metrics = compiled(state, batch, margins)
             jax.block_until_ready(metrics)
             times.append(time.perf_counter() - t)
+            losses.append(metrics["loss"])
+    finite = [bool(f) for f in jax.numpy.isfinite(jax.numpy.stack(losses))]
     step_s = _median(times)
     flops, nbytes = float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
     roofline = max(flops / PEAK_FLOPS, nbytes / HBM_BYTES_PER_S)
@@ -127,7 +131,9 @@ def job_train_ours(a) -> dict:
         "xla_gb_per_step": round(nbytes / 1e9, 2),
         "roofline_ms": round(1e3 * roofline, 2),
         "measured_over_roofline": round(step_s / roofline, 2) if roofline else None,
-        "loss_finite": bool(jax.numpy.isfinite(metrics["loss"])),
+        "loss_finite": all(finite),
+        "first_nonfinite_step": None if all(finite) else finite.index(False),
+        "loss_first_last": [round(float(losses[0]), 3), round(float(losses[-1]), 3)],
         "device": jax.devices()[0].device_kind,
         "jax": jax.__version__,
     }
@@ -137,7 +143,7 @@ def job_train_ours(a) -> dict:
 
 
 def job_train_timm(a) -> dict:
-    """timm eager, then timm with torch.compile (model and loss), same process."""
+    """timm eager and/or timm with torch.compile (model and loss), per --modes."""
     import torch
 
     from scripts.bench.helpers import timm_peer
@@ -146,7 +152,7 @@ def job_train_timm(a) -> dict:
     if not torch.cuda.is_available() and not a.smoke:
         raise RuntimeError("no CUDA device for the PyTorch peer")
     out, steps = {}, {}
-    for name in ("eager", "compiled"):  # both built and warmed (compiled) first
+    for name in a.modes.split(","):  # all built and warmed (compiled) first
         steps[name] = timm_peer.build_step(
             TIMM_NAMES.get(a.model, a.model),
             image_size=a.size,
@@ -366,7 +372,11 @@ JOBS = {
 def plan_jobs(smoke: bool) -> list[tuple[str, int, list[str]]]:
     """(row name, wave, job arguments) of every row. The jobs of a wave start
     together and the next wave when they are done, so that no two waves
-    share the host's cores or the device's memory."""
+    share the host's cores or the device's memory. The waves go from the
+    surest to the longest: our searches (one at a time: the 3,072-dim index,
+    its padded copy and a block's scores take most of the device), PyTorch's,
+    then B5's rows (the longest compiles: XLA's convolution autotuning and
+    inductor's, which slow each other down), then B0's."""
     if smoke:
         train = [("efficientnet_b0_shallow", 32, 4)]
         searches = [("64", "8192", "512", "64")]
@@ -374,40 +384,37 @@ def plan_jobs(smoke: bool) -> list[tuple[str, int, list[str]]]:
     else:
         train = [("efficientnet_b5", 456, 32), ("efficientnet_b0", 224, 128)]
         searches = [
-            ("512", "1580470", "117577", "81313"),
             ("3072", "1580470", "117577", "81313"),
+            ("512", "1580470", "117577", "81313"),
         ]
         steps = ["--steps", "20", "--warmup", "5"]
     jobs = []
-    # Wave 1: B0's rows; wave 2: B5's (the longest compiles, which slow each
-    # other down: three at once took over 225 s on an H200 machine's 16 cores);
-    # wave 3: our searches (the 3,072-dim index with its copies and scores ran
-    # out of memory beside other jobs); wave 4: PyTorch's searches.
-    for model, size, batch in train:
-        wave = 2 if size > 300 else 1
-        common = ["--model", model, "--size", str(size), "--batch", str(batch), *steps]
-        if smoke:  # every job and flag once, in as few compiles as possible
-            flags = ["--bn", "fused_one_pass", "--augment"]
-            jobs.append((f"train_step {model} {size}px ours", 1, ["train_ours", *common, *flags]))
-            jobs.append((f"train_step {model} {size}px timm", 1, ["train_timm", *common]))
-            continue
-        jobs.append((f"train_step {model} {size}px ours", wave, ["train_ours", *common]))
-        flax_bn = ["--bn", "flax"]  # flax's BatchNorm, the form before the fused one
-        jobs.append((f"variant {model} {size}px bn=flax", wave, ["train_ours", *common, *flax_bn]))
-        if size <= 224:
-            augment = ["train_ours", *common, "--augment"]
-            jobs.append((f"variant {model} {size}px augment", wave, augment))
-        jobs.append((f"train_step {model} {size}px timm", wave, ["train_timm", *common]))
     methods = "onepass,binned,pallas_interpret"
     if not smoke:
         tiles = ("128x256x64x8x3", "64x128x64x4x4", "256x128x64x8x3")
         methods = ",".join(["onepass", "binned", "pallas", *(f"pallas@{t}" for t in tiles)])
-    for dim, rows, queries, clusters in searches:
+    for wave, (dim, rows, queries, clusters) in enumerate(searches, start=1):
         shape = ["--dim", dim, "--rows", rows, "--queries", queries, "--clusters", clusters]
         user = ["--user_path"] if dim in ("512", "64") else []
         shape += ["--repeats", "1" if smoke else "2"]
-        jobs.append((f"search {dim}d", 3, ["search", *shape, "--methods", methods, *user]))
-        jobs.append((f"search {dim}d torch", 4, ["search_torch", *shape]))
+        jobs.append((f"search {dim}d", wave, ["search", *shape, "--methods", methods, *user]))
+        jobs.append((f"search {dim}d torch", len(searches) + 1, ["search_torch", *shape]))
+    for wave, (model, size, batch) in enumerate(train, start=len(searches) + 2):
+        common = ["--model", model, "--size", str(size), "--batch", str(batch), *steps]
+        if smoke:  # every job and flag once, in as few compiles as possible
+            ours = ["train_ours", *common, "--bn", "fused_one_pass", "--augment"]
+            jobs.append((f"train_step {model} {size}px ours", wave, ours))
+            jobs.append((f"train_step {model} {size}px timm", wave, ["train_timm", *common]))
+            continue
+        jobs.append((f"train_step {model} {size}px ours", wave, ["train_ours", *common]))
+        if size <= 224:
+            augment = ["train_ours", *common, "--augment"]
+            jobs.append((f"variant {model} {size}px augment", wave, augment))
+            flax_bn = ["train_ours", *common, "--bn", "flax"]  # the form before the fused one
+            jobs.append((f"variant {model} {size}px bn=flax", wave, flax_bn))
+        for mode in ("eager", "compiled"):  # one job each: eager's row stands alone
+            timm = ["train_timm", *common, "--modes", mode]
+            jobs.append((f"train_step {model} {size}px timm {mode}", wave, timm))
     return jobs
 
 
@@ -478,16 +485,18 @@ def run_all(a) -> int:
     if a.one_wave:
         jobs = [(n, 1, args) for n, _, args in jobs]
     budgets = [float(b) for b in a.wave_seconds.split(",")]
-    failures = 0
+    failures, deadline = 0, t0
     with open(os.path.join(a.out, "gpu_suite.jsonl"), "w") as f:
-        for wave in sorted({w for _, w, _ in jobs}):
-            deadline = time.perf_counter() + budgets[min(wave, len(budgets)) - 1]
+        for i, wave in enumerate(sorted({w for _, w, _ in jobs})):
+            # Cumulative: what a wave leaves unused goes to the next ones.
+            deadline += budgets[min(i, len(budgets) - 1)]
             started = [(n, _start(n, args, a, env)) for n, w, args in jobs if w == wave]
             for name, row in _run_wave(started, a, deadline):
                 failures += "error" in row
                 line = json.dumps({"row": name, **row})
                 print(line, flush=True)
                 f.write(line + "\n")
+                f.flush()  # a suite cut short keeps its finished rows
         end = {"row": "suite", "wall_s": round(time.perf_counter() - t0, 1), "failed": failures}
         print(json.dumps(end))
         f.write(json.dumps(end) + "\n")
@@ -502,8 +511,9 @@ def main(argv=None) -> int:
     p.add_argument("--one_wave", action="store_true", help="start every row at once")
     p.add_argument(
         "--wave_seconds",
-        default="170,270,120,60",
-        help="time limit of each wave (B0, B5, our searches, PyTorch's), seconds",
+        default="75,55,45,200,105",
+        help="seconds for each wave that runs, in order (our 3,072-dim search, our 512-dim "
+        "search, PyTorch's searches, B5, B0); what a wave leaves unused goes to the next",
     )
     p.add_argument("--job", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     a, rest = p.parse_known_args(argv)
@@ -527,6 +537,7 @@ def main(argv=None) -> int:
     j.add_argument("--repeats", type=int, default=3)
     j.add_argument("--user_path", action="store_true")
     j.add_argument("--block", type=int, default=8192, help="search_torch: queries per matmul")
+    j.add_argument("--modes", default="eager,compiled", help="train_timm: peer modes")
     j.add_argument("--smoke", action="store_true")
     ja = j.parse_args(job_args)
     print(json.dumps(JOBS[name](ja)))

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU figure of BENCHMARKS.md in one run, about 9 minutes on one H200:
+# Every GPU figure of BENCHMARKS.md in one run, at most 8 minutes on one H200:
 # the train step against timm (eager and torch.compile), its XLA roofline, the
 # augmentations in the step, BatchNorm's fused form, and the exact search
 # against its matmul bound and PyTorch. One JSON line per row on stdout and in
