@@ -62,6 +62,12 @@ def build_step(
     and the loss (the first calls compile)."""
     torch.manual_seed(0)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    # As timm's own train.py: cuDNN times each convolution's algorithms for the
+    # fixed shapes (as XLA's autotuner does for ours) instead of taking its
+    # heuristic's pick; float32 matmuls may use TF32, as XLA's default does on GPUs.
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
     model = Landmark(model_name, num_classes, 3, 512).train().to(device)
     x = torch.randn(batch_size, 3, image_size, image_size, device=device)
     if channels_last:
