@@ -73,6 +73,7 @@ def _stage_figures(config, plan: StagePlan, mesh) -> tuple[aot.CompiledFigures, 
     ops = traffic.hlo_traffic(compiled.as_text())
     where = {
         "top_traffic": traffic.top_traffic(ops, TOP_TRAFFIC),
+        "by_layer": traffic.layer_table(ops, TOP_TRAFFIC),
         "tile_padding_gb": traffic.tile_padding_bytes(ops) / 1e9,
     }
     return figures, stage.accumulate_steps, where

@@ -599,6 +599,12 @@ def _format_compiled(r: dict) -> list[str]:
         lines.append(f"stage {s['stage']}'s largest traffic (operands + result, GB):")
         for t in top:
             lines.append(f"  {t['gb']:>7.2f}  {t['pass']:<8} {t['layer']}  ({t['op']})")
+        layers = s["compiled"].get("by_layer", [])
+        if layers:
+            lines.append(
+                f"stage {s['stage']}'s traffic by layer (GB, of it tile padding): "
+                + ", ".join(f"{t['layer']} {t['gb']:.2f} ({t['padding_gb']:.2f})" for t in layers)
+            )
     lines.append(
         f"training at the roofline: {r['roofline_hours']:.1f} hours on {r['num_devices']} "
         f"devices (a bound; at {r['mfu']:.0%} MFU: {r['total_hours']:.1f})"

@@ -182,6 +182,14 @@ def test_compiled_figures_decide_fits_and_report_the_roofline(tmp_path, monkeypa
             micro = plan.batch_size // num_devices
             entry["largest_batch_per_device"] = cp.largest_batch(f, micro, target.memory_bytes)
             entry["step_hours"] = entry["roofline_seconds"] * plan.steps / 3600
+            if plan.index == 0:  # where the bytes go, as compiled_plan lists them
+                entry["top_traffic"] = [
+                    {"layer": "stem", "pass": "forward", "op": "fusion", "gb": 0.75}
+                ]
+                entry["by_layer"] = [
+                    {"layer": "stem", "gb": 1.5, "padding_gb": 1.25},
+                    {"layer": "optimizer", "gb": 0.5, "padding_gb": 0.0},
+                ]
             stages.append(entry)
         embed = cp.figures_dict(_figures(2.0, 1.0), target)
         embed.update(image_size=plans[-1].image_size, global_batch=256)
@@ -204,6 +212,9 @@ def test_compiled_figures_decide_fits_and_report_the_roofline(tmp_path, monkeypa
     assert run_dry(config, str(tmp_path), config_name="effb7", as_json=False, compile=True) == 2
     out, err = capsys.readouterr()
     assert "compiled for v3:4x4 by XLA:TPU" in out and "training at the roofline" in out
+    assert "stage 0's largest traffic (operands + result, GB):\n     0.75  forward  stem" in out
+    by_layer = "stage 0's traffic by layer (GB, of it tile padding): "
+    assert by_layer + "stem 1.50 (1.25), optimizer 0.50 (0.00)" in out
     assert err.count("\n") == 1 and "15.5 GiB per device (compiled for the TPU)" in err
 
 

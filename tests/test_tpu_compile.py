@@ -120,6 +120,12 @@ def test_reduced_model_compiles_for_tpu_with_the_head_split_over_model():
     assert 0 < traffic.tile_padding_bytes(ops) < split.bytes_accessed
     top = traffic.top_traffic(ops, 5)
     assert [t["gb"] for t in top] == sorted((t["gb"] for t in top), reverse=True)
+    # by layer, every layer listed: the same order, and the padding adds up
+    table = traffic.layer_table(ops, len(layers))
+    assert [t["layer"] for t in table] == list(layers)
+    assert sum(t["padding_gb"] for t in table) == pytest.approx(
+        traffic.tile_padding_bytes(ops) / 1e9
+    )
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ import pytest
 from gld_jax.train.costs import residual_bytes
 from gld_jax.train.traffic import (
     hlo_traffic,
+    layer_table,
     tile_padding_bytes,
     top_traffic,
     traffic_by_layer,
@@ -110,6 +111,12 @@ def test_compiled_traffic_is_counted_per_instruction_with_its_layer():
     assert (ops["g"].layer, ops["g"].backward) == ("block2a/dwconv", True)
     assert ops["u"].layer == "optimizer"
     assert traffic_by_layer(list(ops.values()))["block2a"] == 2 * 73_728
+    # by layer: block2a's two fusions hold all of the padding; the optimizer none
+    table = layer_table(list(ops.values()), 2)
+    assert [t["layer"] for t in table] == ["block2a", "(unnamed)"]
+    assert table[0]["gb"] == 2 * 73_728 / 1e9
+    assert table[0]["padding_gb"] == 2 * (65_536 - 8_192) / 1e9
+    assert table[1] == {"layer": "(unnamed)", "gb": 16_384 / 1e9, "padding_gb": 0.0}
     top = top_traffic(list(ops.values()), 2)
     assert [t["gb"] for t in top] == [73_728 / 1e9] * 2
     assert top_traffic([ops["u"]], 1)[0]["pass"] == "update"

@@ -29,6 +29,7 @@ __all__ = [
     "OpTraffic",
     "TrafficFloor",
     "hlo_traffic",
+    "layer_table",
     "tile_padding_bytes",
     "top_traffic",
     "traffic_by_layer",
@@ -260,3 +261,16 @@ def traffic_by_layer(ops: list[OpTraffic]) -> dict[str, float]:
         key = o.layer.split("/")[0]
         totals[key] = totals.get(key, 0.0) + o.bytes
     return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
+
+
+def layer_table(ops: list[OpTraffic], n: int = 6) -> list[dict]:
+    """The `n` top-level named scopes that move the most bytes, largest first:
+    {"layer", "gb", "padding_gb"} (forward, backward and update together), so
+    that the tile padding can be traced to the layers whose channels cause it."""
+    totals: dict[str, list[float]] = {}
+    for o in ops:
+        entry = totals.setdefault(o.layer.split("/")[0], [0.0, 0.0])
+        entry[0] += o.bytes
+        entry[1] += o.bytes - o.logical_bytes
+    ranked = sorted(totals.items(), key=lambda kv: -kv[1][0])[:n]
+    return [{"layer": k, "gb": v[0] / 1e9, "padding_gb": v[1] / 1e9} for k, v in ranked]
