@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
+from gld_jax.models import lane_dense
 from gld_jax.models.conv import trace_backend
 from gld_jax.models.traced import TracedUpdateBatchStat
 
@@ -31,32 +32,49 @@ def _bn_stats(
     return mean, var
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _bn_train(x, scale, bias, epsilon, one_pass):
+def _folded_stats(x32: jax.Array, f: int, one_pass: bool) -> tuple[jax.Array, jax.Array]:
+    # x32 [..., f * C] lane-dense (models/lane_dense.py): sums per lane, then per channel.
+    axes = tuple(range(x32.ndim - 1))
+    m = math.prod(x32.shape[:-1]) * f
+    mean = lane_dense.per_channel(jnp.sum(x32, axes), f) / m
+    if one_pass:
+        square = lane_dense.per_channel(jnp.sum(lax.square(x32), axes), f) / m
+        return mean, jnp.maximum(square - lax.square(mean), 0.0)
+    centred = x32 - lane_dense.per_lane(mean, f)
+    return mean, lane_dense.per_channel(jnp.sum(lax.square(centred), axes), f) / m
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _bn_train(x, scale, bias, epsilon, one_pass, fold=1):
     """Train-mode batch norm over all axes but the last, in float32 whatever
-    x's dtype (bfloat16 compute), y in x's dtype.
+    x's dtype (bfloat16 compute), y in x's dtype. fold > 1: x is lane-dense,
+    [..., fold * C] (models/lane_dense.py), with statistics per channel C.
 
     Returns (y, batch mean, batch variance); y = (x - mean) * (rsqrt(var + eps) *
     scale) + bias, the same expression flax's BatchNorm evaluates."""
-    y, mean, var, _ = _bn_train_forward(x, scale, bias, epsilon, one_pass)
+    y, mean, var, _ = _bn_train_forward(x, scale, bias, epsilon, one_pass, fold)
     return y, mean, var
 
 
-def _bn_train_forward(x, scale, bias, epsilon, one_pass):
+def _bn_train_forward(x, scale, bias, epsilon, one_pass, fold=1):
     axes = tuple(range(x.ndim - 1))
     x32 = x.astype(jnp.float32)
-    mean, var = _bn_stats(x32, axes, one_pass)
+    if fold > 1:
+        mean, var = _folded_stats(x32, fold, one_pass)
+    else:
+        mean, var = _bn_stats(x32, axes, one_pass)
     inv = lax.rsqrt(var + epsilon)
-    y = (x32 - mean) * (inv * scale) + bias
+    lanes = functools.partial(lane_dense.per_lane, f=fold) if fold > 1 else lambda v: v
+    y = (x32 - lanes(mean)) * lanes(inv * scale) + lanes(bias)
     return y.astype(x.dtype), mean, var, inv
 
 
-def _bn_train_fwd(x, scale, bias, epsilon, one_pass):
-    y, mean, var, inv = _bn_train_forward(x, scale, bias, epsilon, one_pass)
+def _bn_train_fwd(x, scale, bias, epsilon, one_pass, fold=1):
+    y, mean, var, inv = _bn_train_forward(x, scale, bias, epsilon, one_pass, fold)
     return (y, mean, var), (x, scale, mean, inv)
 
 
-def _bn_train_bwd(epsilon, one_pass, residuals, cotangents):
+def _bn_train_bwd(epsilon, one_pass, fold, residuals, cotangents):
     # The closed form: with xhat = (x - mean) * inv over M = N*H*W rows,
     #   dx = scale * inv * (g - mean(g) - xhat * mean(g * xhat)),
     # plus the (usually zero) cotangents of the returned batch statistics. Autodiff
@@ -65,7 +83,16 @@ def _bn_train_bwd(epsilon, one_pass, residuals, cotangents):
     g, g_mean, g_var = cotangents
     g = g.astype(jnp.float32)
     axes = tuple(range(x.ndim - 1))
-    m = math.prod(x.shape[:-1])
+    m = math.prod(x.shape[:-1]) * fold
+    if fold > 1:  # lane-dense: per-lane sums summed per channel; per-channel values per lane
+        lanes = functools.partial(lane_dense.per_lane, f=fold)
+        xc = x.astype(jnp.float32) - lanes(mean)
+        xhat = xc * lanes(inv)
+        dbias = lane_dense.per_channel(jnp.sum(g, axes), fold)
+        dscale = lane_dense.per_channel(jnp.sum(g * xhat, axes), fold)
+        dx = lanes(scale * inv) * (g - lanes(dbias / m) - xhat * lanes(dscale / m))
+        dx = dx + lanes(g_mean / m) + xc * lanes(g_var * 2.0 / m)
+        return dx.astype(x.dtype), dscale, dbias
     xc = x.astype(jnp.float32) - mean
     xhat = xc * inv
     dbias = jnp.sum(g, axes)
@@ -106,7 +133,8 @@ class BatchNorm(nnx.BatchNorm):
         self.mean = TracedUpdateBatchStat(self.mean.get_value())
         self.var = TracedUpdateBatchStat(self.var.get_value())
 
-    def __call__(self, x, use_running_average: bool | None = None, *, mask=None):
+    def __call__(self, x, use_running_average: bool | None = None, *, mask=None, fold: int = 1):
+        """fold > 1: x is lane-dense, [..., fold * features] (models/lane_dense.py)."""
         use_ra = self.use_running_average if use_running_average is None else use_running_average
         fast = (
             self.hand_written_grad
@@ -123,9 +151,12 @@ class BatchNorm(nnx.BatchNorm):
             and trace_backend() in self.fused_backends
         )
         if not fast:
+            if fold > 1:  # flax's on the plain layout
+                y = super().__call__(lane_dense.unfold(x, fold), use_running_average, mask=mask)
+                return lane_dense.fold(y, fold)
             return super().__call__(x, use_running_average, mask=mask)
         one_pass = trace_backend() in self.one_pass_backends
-        y, mean, var = _bn_train(x, self.scale[...], self.bias[...], self.epsilon, one_pass)
+        y, mean, var = _bn_train(x, self.scale[...], self.bias[...], self.epsilon, one_pass, fold)
         m = self.momentum
         self.mean[...] = lax.stop_gradient(m * self.mean[...] + (1 - m) * mean)
         self.var[...] = lax.stop_gradient(m * self.var[...] + (1 - m) * var)

@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from gld_jax.models import lane_dense
+from gld_jax.models.conv import trace_backend
 from gld_jax.models.layers import (
     BatchNorm,
     Conv2d,
@@ -195,8 +197,11 @@ class MBConvBlock(nnx.Module):
         else:
             self.drop_path = None
 
-    def __call__(self, inputs: jax.Array) -> jax.Array:
-        """[N, H, W, Cin] -> [N, H/s, W/s, Cout] in the compute dtype."""
+    def __call__(self, inputs: jax.Array, fold: int = 1) -> jax.Array:
+        """[N, H, W, Cin] -> [N, H/s, W/s, Cout] in the compute dtype; fold > 1:
+        lane-dense [N, H, W/fold, fold * C] in and out (models/lane_dense.py)."""
+        if fold > 1:
+            return self._folded(inputs, fold)
         # Named scopes put the layer in each op's name in XLA's compiled program
         # (the dry run's list of the step's largest traffic reads them).
         x = inputs
@@ -218,11 +223,47 @@ class MBConvBlock(nnx.Module):
                 x = x + inputs
         return x
 
+    def foldable(self) -> bool:
+        """Whether `lane_dense.depthwise` can run this block's depthwise conv."""
+        return self.dwconv.kernel_size[1] == 3 and self.dwconv.strides[0] in (1, 2)
+
+    def _folded(self, inputs: jax.Array, f: int) -> jax.Array:
+        # The same layers on lane-dense activations; BatchNorm in train mode.
+        dtype = self.dwconv.dtype
+        x = inputs.astype(dtype)
+        if self.expand_conv is not None:
+            with jax.named_scope("expand"):
+                y = lane_dense.pointwise(x, self.expand_conv.kernel[...].astype(dtype), f)
+                x = jax.nn.swish(self.expand_bn(y, fold=f))
+        with jax.named_scope("dwconv"):
+            kernel = self.dwconv.kernel[...].astype(dtype)
+            x = lane_dense.depthwise(x, kernel, f, self.dwconv.strides[0])
+            x = jax.nn.swish(self.bn(x, fold=f))
+        if self.se_reduce is not None:
+            with jax.named_scope("se"):
+                lanes = jnp.mean(x.astype(jnp.float32), axis=(1, 2), keepdims=True)
+                se = (lane_dense.per_channel(lanes, f) / f).astype(dtype)
+                se = jax.nn.swish(self.se_reduce(se))
+                x = x * lane_dense.per_lane(jax.nn.sigmoid(self.se_expand(se)), f)
+        with jax.named_scope("project"):
+            y = lane_dense.pointwise(x, self.project_conv.kernel[...].astype(dtype), f)
+            x = self.project_bn(y, fold=f)
+            if self.has_skip:
+                if self.drop_path is not None:
+                    x = self.drop_path(x)
+                x = x + inputs
+        return x
+
 
 @nnx.remat
 def _remat_block(block: MBConvBlock, x: jax.Array) -> jax.Array:
     # Recompute the block's activations in the backward pass instead of storing them.
     return block(x)
+
+
+# The stages whose blocks run lane-dense where the backend pads channels to 128
+# lanes: the widest activations with the fewest channels (models/lane_dense.py).
+LANE_DENSE_STAGES = ("block1", "block2")
 
 
 class EfficientNet(nnx.Module):
@@ -232,6 +273,10 @@ class EfficientNet(nnx.Module):
     (B0 1280, B3 1536, B7 2560). Rng streams: 'params' for init and 'dropout'
     for drop path (both fall back to 'default', so ``nnx.Rngs(seed)`` is enough).
     """
+
+    # Where the first two stages' blocks run lane-dense: XLA:TPU (effb3 on a
+    # v3-32, compiled: BENCHMARKS.md, "Train-step traffic on a TPU").
+    lane_dense_backends: tuple[str, ...] = ("tpu",)
 
     def __init__(
         self,
@@ -267,13 +312,46 @@ class EfficientNet(nnx.Module):
         self.top_conv = Conv2d(specs[-1].filters_out, self.feature_dim, 1, **conv)
         self.top_bn = _bn(self.feature_dim, dtype, rngs)
 
+    def _lane_fold(self, stem_width: int) -> int:
+        """The fold of the lane-dense blocks (0: none) for a stem output this wide:
+        on lane_dense_backends, in train mode, without remat, when every block of
+        the first two stages can run folded (kernel width 3) and each stride-2
+        block gets an even number of columns per lane group."""
+        if (
+            trace_backend() not in self.lane_dense_backends
+            or self.remat
+            or self.stem_bn.use_running_average
+        ):
+            return 0
+        f, columns = lane_dense.FOLD, stem_width
+        if columns % f:
+            return 0
+        columns //= f
+        for name, block in zip(self.block_names, self.blocks, strict=True):
+            if not name.startswith(LANE_DENSE_STAGES):
+                break
+            if not block.foldable() or (block.dwconv.strides[0] == 2 and columns % 2):
+                return 0
+            columns //= block.dwconv.strides[0]
+        return f
+
     def __call__(self, x: jax.Array) -> jax.Array:
         """x [N, H, W, 3] normalised float -> [N, ceil(H/32), ceil(W/32), feature_dim] float32."""
         with jax.named_scope("stem"):
             x = jax.nn.swish(self.stem_bn(self.stem_conv(x)))
+        fold = self._lane_fold(x.shape[2])
+        if fold:
+            x = lane_dense.fold(x, fold)
         for name, block in zip(self.block_names, self.blocks, strict=True):
+            if fold and not name.startswith(LANE_DENSE_STAGES):
+                x, fold = lane_dense.unfold(x, fold), 0
             with jax.named_scope(name):
-                x = _remat_block(block, x) if self.remat else block(x)
+                if fold:
+                    x = block(x, fold=fold)
+                else:
+                    x = _remat_block(block, x) if self.remat else block(x)
+        if fold:  # a table whose blocks all belong to the first two stages
+            x = lane_dense.unfold(x, fold)
         with jax.named_scope("top"):
             x = jax.nn.swish(self.top_bn(self.top_conv(x)))
         return x.astype(jnp.float32)
