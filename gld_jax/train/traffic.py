@@ -254,23 +254,24 @@ def tile_padding_bytes(ops: list[OpTraffic]) -> int:
     return sum(o.bytes - o.logical_bytes for o in ops)
 
 
-def traffic_by_layer(ops: list[OpTraffic]) -> dict[str, float]:
-    """Bytes per top-level named scope (a block, the stem, the head...)."""
-    totals: dict[str, float] = {}
+def _per_layer(ops: list[OpTraffic]) -> dict[str, tuple[float, float]]:
+    """{top-level named scope: (bytes, tile padding bytes)}, largest first."""
+    totals: dict[str, tuple[float, float]] = {}
     for o in ops:
         key = o.layer.split("/")[0]
-        totals[key] = totals.get(key, 0.0) + o.bytes
-    return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
+        moved, padding = totals.get(key, (0.0, 0.0))
+        totals[key] = (moved + o.bytes, padding + o.bytes - o.logical_bytes)
+    return dict(sorted(totals.items(), key=lambda kv: -kv[1][0]))
+
+
+def traffic_by_layer(ops: list[OpTraffic]) -> dict[str, float]:
+    """Bytes per top-level named scope (a block, the stem, the head...)."""
+    return {k: moved for k, (moved, _) in _per_layer(ops).items()}
 
 
 def layer_table(ops: list[OpTraffic], n: int = 6) -> list[dict]:
     """The `n` top-level named scopes that move the most bytes, largest first:
     {"layer", "gb", "padding_gb"} (forward, backward and update together), so
     that the tile padding can be traced to the layers whose channels cause it."""
-    totals: dict[str, list[float]] = {}
-    for o in ops:
-        entry = totals.setdefault(o.layer.split("/")[0], [0.0, 0.0])
-        entry[0] += o.bytes
-        entry[1] += o.bytes - o.logical_bytes
-    ranked = sorted(totals.items(), key=lambda kv: -kv[1][0])[:n]
-    return [{"layer": k, "gb": v[0] / 1e9, "padding_gb": v[1] / 1e9} for k, v in ranked]
+    ranked = list(_per_layer(ops).items())[:n]
+    return [{"layer": k, "gb": b / 1e9, "padding_gb": p / 1e9} for k, (b, p) in ranked]
