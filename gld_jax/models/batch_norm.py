@@ -64,7 +64,7 @@ def _bn_train_forward(x, scale, bias, epsilon, one_pass, fold=1):
     else:
         mean, var = _bn_stats(x32, axes, one_pass)
     inv = lax.rsqrt(var + epsilon)
-    lanes = functools.partial(lane_dense.per_lane, f=fold) if fold > 1 else lambda v: v
+    lanes = functools.partial(lane_dense.per_lane, f=fold)  # the identity for fold 1
     y = (x32 - lanes(mean)) * lanes(inv * scale) + lanes(bias)
     return y.astype(x.dtype), mean, var, inv
 
@@ -84,21 +84,16 @@ def _bn_train_bwd(epsilon, one_pass, fold, residuals, cotangents):
     g = g.astype(jnp.float32)
     axes = tuple(range(x.ndim - 1))
     m = math.prod(x.shape[:-1]) * fold
-    if fold > 1:  # lane-dense: per-lane sums summed per channel; per-channel values per lane
-        lanes = functools.partial(lane_dense.per_lane, f=fold)
-        xc = x.astype(jnp.float32) - lanes(mean)
-        xhat = xc * lanes(inv)
-        dbias = lane_dense.per_channel(jnp.sum(g, axes), fold)
-        dscale = lane_dense.per_channel(jnp.sum(g * xhat, axes), fold)
-        dx = lanes(scale * inv) * (g - lanes(dbias / m) - xhat * lanes(dscale / m))
-        dx = dx + lanes(g_mean / m) + xc * lanes(g_var * 2.0 / m)
-        return dx.astype(x.dtype), dscale, dbias
-    xc = x.astype(jnp.float32) - mean
-    xhat = xc * inv
-    dbias = jnp.sum(g, axes)
-    dscale = jnp.sum(g * xhat, axes)
-    dx = (scale * inv) * (g - dbias / m - xhat * (dscale / m))
-    dx = dx + g_mean / m + xc * (g_var * 2.0 / m)
+    # Lane-dense x: per-lane sums summed per channel, per-channel values per lane
+    # (both the identity for fold 1).
+    lanes = functools.partial(lane_dense.per_lane, f=fold)
+    channels = functools.partial(lane_dense.per_channel, f=fold)
+    xc = x.astype(jnp.float32) - lanes(mean)
+    xhat = xc * lanes(inv)
+    dbias = channels(jnp.sum(g, axes))
+    dscale = channels(jnp.sum(g * xhat, axes))
+    dx = lanes(scale * inv) * (g - lanes(dbias / m) - xhat * lanes(dscale / m))
+    dx = dx + lanes(g_mean / m) + xc * lanes(g_var * 2.0 / m)
     return dx.astype(x.dtype), dscale, dbias
 
 

@@ -199,24 +199,23 @@ class MBConvBlock(nnx.Module):
 
     def __call__(self, inputs: jax.Array, fold: int = 1) -> jax.Array:
         """[N, H, W, Cin] -> [N, H/s, W/s, Cout] in the compute dtype; fold > 1:
-        lane-dense [N, H, W/fold, fold * C] in and out (models/lane_dense.py)."""
-        if fold > 1:
-            return self._folded(inputs, fold)
+        lane-dense [N, H, W/fold, fold * C] in and out (models/lane_dense.py,
+        BatchNorm in train mode)."""
         # Named scopes put the layer in each op's name in XLA's compiled program
         # (the dry run's list of the step's largest traffic reads them).
+        f = fold
         x = inputs
         if self.expand_conv is not None:
             with jax.named_scope("expand"):
-                x = jax.nn.swish(self.expand_bn(self.expand_conv(x)))
+                x = jax.nn.swish(self.expand_bn(self._pointwise(self.expand_conv, x, f), fold=f))
         with jax.named_scope("dwconv"):
-            x = jax.nn.swish(self.bn(self.dwconv(x)))
+            x = jax.nn.swish(self.bn(self._depthwise(x, f), fold=f))
         if self.se_reduce is not None:
             with jax.named_scope("se"):
-                se = jnp.mean(x, axis=(1, 2), keepdims=True)
-                se = jax.nn.swish(self.se_reduce(se))
-                x = x * jax.nn.sigmoid(self.se_expand(se))
+                se = jax.nn.swish(self.se_reduce(lane_dense.spatial_mean(x, f)))
+                x = x * lane_dense.per_lane(jax.nn.sigmoid(self.se_expand(se)), f)
         with jax.named_scope("project"):
-            x = self.project_bn(self.project_conv(x))
+            x = self.project_bn(self._pointwise(self.project_conv, x, f), fold=f)
             if self.has_skip:
                 if self.drop_path is not None:
                     x = self.drop_path(x)
@@ -227,32 +226,19 @@ class MBConvBlock(nnx.Module):
         """Whether `lane_dense.depthwise` can run this block's depthwise conv."""
         return self.dwconv.kernel_size[1] == 3 and self.dwconv.strides[0] in (1, 2)
 
-    def _folded(self, inputs: jax.Array, f: int) -> jax.Array:
-        # The same layers on lane-dense activations; BatchNorm in train mode.
+    @staticmethod
+    def _pointwise(conv: Conv2d, x: jax.Array, f: int) -> jax.Array:
+        if f == 1:
+            return conv(x)
+        kernel = conv.kernel[...].astype(conv.dtype)
+        return lane_dense.pointwise(x.astype(conv.dtype), kernel, f)
+
+    def _depthwise(self, x: jax.Array, f: int) -> jax.Array:
+        if f == 1:
+            return self.dwconv(x)
         dtype = self.dwconv.dtype
-        x = inputs.astype(dtype)
-        if self.expand_conv is not None:
-            with jax.named_scope("expand"):
-                y = lane_dense.pointwise(x, self.expand_conv.kernel[...].astype(dtype), f)
-                x = jax.nn.swish(self.expand_bn(y, fold=f))
-        with jax.named_scope("dwconv"):
-            kernel = self.dwconv.kernel[...].astype(dtype)
-            x = lane_dense.depthwise(x, kernel, f, self.dwconv.strides[0])
-            x = jax.nn.swish(self.bn(x, fold=f))
-        if self.se_reduce is not None:
-            with jax.named_scope("se"):
-                lanes = jnp.mean(x.astype(jnp.float32), axis=(1, 2), keepdims=True)
-                se = (lane_dense.per_channel(lanes, f) / f).astype(dtype)
-                se = jax.nn.swish(self.se_reduce(se))
-                x = x * lane_dense.per_lane(jax.nn.sigmoid(self.se_expand(se)), f)
-        with jax.named_scope("project"):
-            y = lane_dense.pointwise(x, self.project_conv.kernel[...].astype(dtype), f)
-            x = self.project_bn(y, fold=f)
-            if self.has_skip:
-                if self.drop_path is not None:
-                    x = self.drop_path(x)
-                x = x + inputs
-        return x
+        kernel = self.dwconv.kernel[...].astype(dtype)
+        return lane_dense.depthwise(x.astype(dtype), kernel, f, self.dwconv.strides[0])
 
 
 @nnx.remat

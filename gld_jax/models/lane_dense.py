@@ -42,13 +42,26 @@ def unfold(xs: jax.Array, f: int) -> jax.Array:
 
 
 def per_channel(v: jax.Array, f: int) -> jax.Array:
-    """[..., f * C] per-lane sums -> [..., C] per-channel sums."""
+    """[..., f * C] per-lane sums -> [..., C] per-channel sums (f = 1: v)."""
+    if f == 1:
+        return v
     return v.reshape(*v.shape[:-1], f, v.shape[-1] // f).sum(-2)
 
 
 def per_lane(v: jax.Array, f: int) -> jax.Array:
-    """[..., C] -> [..., f * C], each channel's value in its f lanes."""
+    """[..., C] -> [..., f * C], each channel's value in its f lanes (f = 1: v)."""
+    if f == 1:
+        return v
     return jnp.tile(v, (1,) * (v.ndim - 1) + (f,))
+
+
+def spatial_mean(x: jax.Array, f: int) -> jax.Array:
+    """[N, H, W/f, f * C] -> [N, 1, 1, C], the mean over H and W (squeeze-excite's
+    pool) in x's dtype; f = 1: the plain [N, H, W, C] mean."""
+    if f == 1:
+        return jnp.mean(x, axis=(1, 2), keepdims=True)
+    lanes = jnp.mean(x.astype(jnp.float32), axis=(1, 2), keepdims=True)
+    return (per_channel(lanes, f) / f).astype(x.dtype)
 
 
 def pointwise(xs: jax.Array, kernel: jax.Array, f: int) -> jax.Array:
