@@ -31,6 +31,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from gld_jax.models import lane_dense  # noqa: E402
+
 EPS = 1e-3
 
 
@@ -119,25 +121,10 @@ def _depthwise_columns(xf, k, c):
 
 
 def _depthwise_strided(xs, k, c):
-    """The depthwise 3x3 convolution on the strided fold (lane group r holds the
-    columns r * W/f .. (r + 1) * W/f - 1): a pixel's W neighbours are its
-    neighbours along W/f, so it is one depthwise convolution over the f * C
-    lanes, once each segment's edge column has its neighbour from the next
-    segment (a lane shift of one column)."""
-    f = xs.shape[-1] // c
-    zeros = jnp.zeros_like(xs[:, :, 0, :c])
-    left = jnp.concatenate([zeros, xs[:, :, -1, :-c]], axis=-1)  # x[w - 1] of column 0
-    right = jnp.concatenate([xs[:, :, 0, c:], zeros], axis=-1)  # x[w + 1] of the last
-    padded = jnp.concatenate([left[:, :, None], xs, right[:, :, None]], axis=2)
-    kernel = jnp.tile(k, (1, 1, f)).astype(xs.dtype)[:, :, None, :]
-    return jax.lax.conv_general_dilated(
-        padded,
-        kernel,
-        (1, 1),
-        ((1, 1), (0, 0)),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        feature_group_count=f * c,
-    )
+    """The depthwise 3x3 convolution on the strided fold, as the model runs it
+    (gld_jax.models.lane_dense.depthwise): one depthwise convolution over the
+    f * C lanes, each group's edge column fed from the next group."""
+    return lane_dense.depthwise(xs, k.astype(xs.dtype)[:, :, None, :], xs.shape[-1] // c, 1)
 
 
 DEPTHWISE = {
@@ -159,10 +146,10 @@ def folded_block(xf, k, w, c, depthwise="taps"):
 def fold(x, f, strided=False):
     """[N, H, W, C] -> [N, H, W / f, f * C]: lane group r holds the columns
     r, f + r, 2f + r ... (contiguous fold, a free reshape) or, strided, the
-    columns r * W/f .. (r + 1) * W/f - 1 (a transpose)."""
-    n, h, w, c = x.shape
+    columns r * W/f .. (r + 1) * W/f - 1 (lane_dense.fold, a transpose)."""
     if strided:
-        x = x.reshape(n, h, f, w // f, c).transpose(0, 1, 3, 2, 4)
+        return lane_dense.fold(x, f)
+    n, h, w, c = x.shape
     return x.reshape(n, h, w // f, f * c)
 
 
